@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * drops.bpf.c - who freed which frame on a bridge, and why.
+ *
+ * Hook: raw tracepoint skb:kfree_skb (kernel >= 5.17 for the reason argument).
+ * The raw tracepoint is used rather than the classic one so that no header's
+ * `enum skb_drop_reason` is needed: argument positions (ARG_SKB, ARG_LOCATION,
+ * ARG_REASON) come from the kernel's btf_trace_kfree_skb prototype.
+ *
+ * Counts go to `drop_counts` (per-CPU hash, never cleared); a rate-limited
+ * sample of frames goes to the `events` ring buffer with its first FRAME_BYTES
+ * bytes so userspace can decode MACs, VLAN, ARP and IP headers.
+ *
+ * Caveat: skb->dev at kfree_skb is the ingress port for bridge-ingress drops,
+ * the egress port for egress drops, and the sending device for veth MTU drops
+ * (__dev_forward_skb() frees before the peer sees the frame).
+ */
+#include "common.bpf.h"
+
+BPF_PERCPU_HASH(drop_counts, struct drop_key, __u64, DROP_KEYS_MAX);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+struct rate_window {
+	__u64 start_ns;
+	__u64 sent;
+};
+/* One window per CPU so the limiter takes no lock. */
+BPF_PERCPU_ARRAY(rate_state, struct rate_window, 1);
+
+static __always_inline int rate_allow(__u64 now)
+{
+	int zero = 0;
+	struct rate_window *w = rate_state.lookup(&zero);
+	if (!w)
+		return 0;
+	if (now - w->start_ns >= 1000000000ULL) {
+		w->start_ns = now;
+		w->sent = 0;
+	}
+	if (w->sent >= EVENTS_PER_SEC)
+		return 0;
+	w->sent++;
+	return 1;
+}
+
+static __always_inline void sample(const void *skb, struct drop_key *key, __u64 now)
+{
+	if (!rate_allow(now)) {
+		stat_inc(STAT_EVENTS_RATE_LIMITED);
+		return;
+	}
+	struct drop_event *ev = events.ringbuf_reserve(sizeof(struct drop_event));
+	if (!ev) {
+		stat_inc(STAT_EVENTS_LOST);
+		return;
+	}
+	ev->kind = EVENT_DROP;
+	ev->ethertype = key->ethertype;
+	ev->vlan_tci = read_u16(skb + SKB_VLAN_TCI_OFF);
+	ev->pad0 = 0;
+	ev->ifindex = key->ifindex;
+	ev->reason = key->reason;
+	ev->pad1 = 0;
+	ev->ts_ns = now;
+	ev->location = key->location;
+
+	/* The frame starts at head + mac_header when the MAC header is set
+	 * (0xffff means unset: skb_mac_header_was_set()), else at data. */
+	const void *head = (const void *)read_u64(skb + SKB_HEAD_OFF);
+	const void *data = (const void *)read_u64(skb + SKB_DATA_OFF);
+	__u16 mac = read_u16(skb + SKB_MAC_HEADER_OFF);
+	const void *start = mac != 0xffff ? head + mac : data;
+	__u32 len = read_u32(skb + SKB_LEN_OFF);
+	ev->skb_len = len;
+	/* Bytes from the MAC header to the end of the linear data we may read. */
+	__u64 avail = (__u64)(data - start) + len;
+	__u32 n = avail < FRAME_BYTES ? (__u32)avail : FRAME_BYTES;
+	ev->frame_len = n;
+	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
+		ev->frame_len = 0;
+	events.ringbuf_submit(ev, 0);
+	stat_inc(STAT_EVENTS_SENT);
+}
+
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+	const void *skb = (const void *)ctx->args[ARG_SKB];
+	const void *dev = (const void *)read_u64(skb + SKB_DEV_OFF);
+	__u32 ifindex = watched_ifindex(dev);
+	if (!ifindex)
+		return 0;
+
+	struct drop_key key = {};
+	key.location = ctx->args[ARG_LOCATION];
+	key.ifindex = ifindex;
+	key.reason = (__u32)ctx->args[ARG_REASON];
+	key.ethertype = bpf_ntohs(read_u16(skb + SKB_PROTOCOL_OFF));
+
+	stat_inc(STAT_DROPS_SEEN);
+	__u64 one = 1;
+	__u64 *count = drop_counts.lookup(&key);
+	if (count)
+		*count += 1;
+	else if (drop_counts.update(&key, &one) != 0)
+		stat_inc(STAT_DROP_KEYS_FULL);
+
+	sample(skb, &key, bpf_ktime_get_ns());
+	return 0;
+}

@@ -1,0 +1,42 @@
+"""The ctypes mirror in tracer/abi.py must agree with bpf/brtrace.h byte for byte."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tracer import abi
+
+
+def _c_layout(tmp_path):
+    """Compile a probe against the real header and print sizeof/offsetof."""
+    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include <linux/types.h>',
+             f'#include "{abi.HEADER}"', "int main(void) {"]
+    for cname, cls in abi.STRUCTS.items():
+        lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
+        for field, _t in cls._fields_:
+            lines.append(f'printf("{cname} {field} %zu\\n", offsetof(struct {cname}, {field}));')
+    lines.append("return 0; }")
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines))
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {tuple(line.split()[:2]): int(line.split()[2]) for line in out.splitlines()}
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
+def test_struct_layouts_match_header(tmp_path):
+    c = _c_layout(tmp_path)
+    for cname, cls in abi.STRUCTS.items():
+        assert c[(cname, "size")] == abi.ctypes.sizeof(cls), cname
+        for field, _t in cls._fields_:
+            assert c[(cname, field)] == getattr(cls, field).offset, (cname, field)
+
+
+def test_constants_come_from_header():
+    assert abi.CONST["EVENT_DROP"] == 1
+    assert abi.FRAME_BYTES == abi.CONST["FRAME_BYTES"] >= 64
+    # Stat slots must fit the array the BPF side declares.
+    stats = [v for k, v in abi.CONST.items() if k.startswith("STAT_") and k != "STAT_SLOTS"]
+    assert max(stats) < abi.CONST["STAT_SLOTS"]

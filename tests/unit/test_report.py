@@ -1,0 +1,100 @@
+"""Named, explained drop rows and their 80-column table, from fixed state."""
+
+from pathlib import Path
+
+from tracer.aggregate import DropState
+from tracer.kernel.kallsyms import Kallsyms
+from tracer.kernel.reasons import parse_kfree_skb_format
+from tracer.output.table import drops_table
+from tracer.report import drop_rows
+from tracer.topology import Bridge, FdbEntry, Netns, Port
+
+DATA = Path(__file__).parent / "data"
+REASONS = parse_kfree_skb_format((DATA / "kfree_skb_format" / "6.18.txt").read_text())
+KALLSYMS = Kallsyms.parse(
+    "ffffffff82150000 T br_handle_frame\n"
+    "ffffffff82151000 T br_handle_frame_finish\n"
+    "ffffffff82152000 T br_dev_queue_push_xmit\n"
+    "ffffffff82153000 T tun_net_xmit\n"
+    "ffffffff82154000 T nf_hook_slow\n"
+    "ffffffff82155000 T ip6_mc_input\n")
+HANDLE, FINISH, PUSH, TUN, NF = (0xFFFFFFFF82150000 + 0x1000 * i + 0x40 for i in range(5))
+NETNS = Netns("lab", "/run/netns/lab", 4026532000)
+
+
+def port(ifindex, name, kind="veth", stp="forwarding", mtu=1500, txqlen=1000):
+    return Port(ifindex, name, kind, f"02:00:00:00:00:{ifindex:02x}", mtu, "UP", txqlen, stp)
+
+
+BRIDGE = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {
+    3: port(3, "vnet0"), 4: port(4, "vnet1", stp="listening"), 5: port(5, "t3o", kind="tun", txqlen=10),
+    6: port(6, "vnet2", mtu=1000)})
+FDB = [FdbEntry("02:aa:00:00:00:01", 3, 0, False), FdbEntry("02:00:00:00:00:02", 3, 0, True)]
+
+
+def rows_for(counts, samples=()):
+    s = DropState()
+    for rec in samples:
+        s.add_sample(rec)
+    s.fold_counts(counts, 1.0)
+    return {(r.port, r.reason): r for r in drop_rows(s.groups(), BRIDGE, FDB, REASONS, KALLSYMS, {})}
+
+
+def test_same_port_unicast_names_mac_and_port():
+    nspec = REASONS.value("NOT_SPECIFIED")
+    rows = rows_for({(3, nspec, FINISH, 0x0800): 50},
+                    [{"ifindex": 3, "reason": nspec, "location": FINISH,
+                      "dst_mac": "02:aa:00:00:00:01", "src_mac": "02:bb:00:00:00:01"}])
+    r = rows[("vnet0", "NOT_SPECIFIED")]
+    assert r.count == 50 and r.function == "br_handle_frame_finish"
+    assert r.location == "br_handle_frame_finish+0x40" and r.stage == "bridge forwarding"
+    assert "02:aa:00:00:00:01 is learned on vnet0" in r.explanation
+    assert r.record()["kind"] == "drop" and r.record()["proto"] == "ipv4"
+
+
+def test_same_port_rule_needs_evidence():
+    """A NOT_SPECIFIED free without a matching FDB entry is not blamed on same-port."""
+    nspec = REASONS.value("NOT_SPECIFIED")
+    rows = rows_for({(3, nspec, FINISH, 0x0800): 5},
+                    [{"ifindex": 3, "reason": nspec, "location": FINISH, "dst_mac": "02:cc:00:00:00:09"}])
+    assert rows[("vnet0", "NOT_SPECIFIED")].explanation == ""
+
+
+def test_reason_specific_explanations():
+    stp, nf = REASONS.value("BRIDGE_INGRESS_STP_STATE"), REASONS.value("NETFILTER_DROP")
+    full, big = REASONS.value("FULL_RING"), REASONS.value("PKT_TOO_BIG")
+    rows = rows_for({(4, stp, HANDLE, 0x0806): 3, (3, nf, NF, 0x0800): 4,
+                     (5, full, TUN, 0x0800): 40, (6, big, PUSH, 0x0800): 2})
+    assert "STP state listening" in rows[("vnet1", "BRIDGE_INGRESS_STP_STATE")].explanation
+    assert "nft list ruleset" in rows[("vnet0", "NETFILTER_DROP")].explanation
+    assert "ip netns exec lab" in rows[("vnet0", "NETFILTER_DROP")].explanation
+    assert "not reading" in rows[("t3o", "FULL_RING")].explanation
+    assert "10 frames" in rows[("t3o", "FULL_RING")].explanation
+    assert "MTU 1000" in rows[("vnet2", "PKT_TOO_BIG")].explanation
+
+
+def test_unknown_reason_value_keeps_kernel_number():
+    rows = rows_for({(3, 4242, HANDLE, 0x0800): 1})
+    assert ("vnet0", "UNKNOWN_4242") in rows
+
+
+def test_departed_port_keeps_its_name():
+    s = DropState()
+    s.fold_counts({(9, 2, HANDLE, 0x0800): 1}, 1.0)
+    (row,) = drop_rows(s.groups(), BRIDGE, FDB, REASONS, KALLSYMS, {9: "vnet9"})
+    assert row.port == "vnet9"
+
+
+def test_table_fits_80_columns_and_numbers_notes():
+    stp, full = REASONS.value("BRIDGE_INGRESS_STP_STATE"), REASONS.value("FULL_RING")
+    rows = list(rows_for({(4, stp, HANDLE, 0x0806): 3, (5, full, TUN, 0x0800): 40}).values())
+    lines = drops_table(sorted(rows, key=lambda r: -r.count), width=80)
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0].split() == ["PORT", "REASON", "LOCATION", "PROTO", "COUNT", "/s"]
+    assert lines[2].split()[0] == "t3o" and lines[2].split()[-2] == "40"
+    assert any(line.startswith("[1] ") for line in lines)
+    assert any(line.startswith("[2] ") for line in lines)
+
+
+def test_empty_table_says_so():
+    assert drops_table([]) == ["no drops on the bridge or its ports"]

@@ -1,0 +1,60 @@
+"""Python's mirror of bpf/brtrace.h, the one ABI between the BPF programs and us.
+
+Constants are read from the header itself, so they exist once. Struct layouts are
+mirrored here with ctypes; tests/unit/test_abi.py compiles the header with the
+host C compiler and checks that every size and offset agrees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+HEADER = BPF_DIR / "brtrace.h"
+
+
+def read_defines(path: Path = HEADER) -> dict[str, int]:
+    """Integer #defines of a header (the ABI constants)."""
+    out = {}
+    for m in re.finditer(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(0x[0-9a-fA-F]+|\d+)\b",
+                         path.read_text(), re.M):
+        out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+CONST = read_defines()
+FRAME_BYTES = CONST["FRAME_BYTES"]
+
+
+class DropKey(ctypes.Structure):
+    _fields_ = [
+        ("location", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("ethertype", ctypes.c_uint16),
+        ("pad0", ctypes.c_uint16),
+        ("pad1", ctypes.c_uint32),
+    ]
+
+
+class DropEvent(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("frame_len", ctypes.c_uint8),
+        ("ethertype", ctypes.c_uint16),
+        ("vlan_tci", ctypes.c_uint16),
+        ("pad0", ctypes.c_uint16),
+        ("ifindex", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("skb_len", ctypes.c_uint32),
+        ("pad1", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+        ("location", ctypes.c_uint64),
+        ("frame", ctypes.c_uint8 * FRAME_BYTES),
+    ]
+
+
+# Every struct the header defines, by its C name (the ABI test walks this).
+STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent}

@@ -1,0 +1,111 @@
+"""brtrace's command line: flags -> Config -> a view. The only place that turns
+errors into exit codes; every error is one line that says what to do."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from tracer.config import Config
+from tracer.errors import BrtraceError
+
+MAX_INTERVAL = 3600.0
+MAX_DURATION = 7 * 24 * 3600.0
+
+
+def _positive(limit):
+    def check(_ctx, param, value):
+        if value is not None and not (0 < value <= limit):
+            raise click.BadParameter(f"must be > 0 and <= {limit:g} seconds, got {value:g}",
+                                     param_hint=f"--{param.name}")
+        return value
+    return check
+
+
+def bridge_options(fn):
+    """Options every bridge view shares."""
+    @click.option("--bridge", "-b", required=True, metavar="NAME", help="Bridge to trace, e.g. br-int.")
+    @click.option("--netns", "-n", metavar="NS", default=None,
+                  help="Network namespace of the bridge: a name from `ip netns list` or a path.")
+    @click.option("--interval", "-i", type=float, default=2.0, show_default=True,
+                  callback=_positive(MAX_INTERVAL), help="Seconds between refreshes.")
+    @click.option("--duration", "-d", type=float, default=None, callback=_positive(MAX_DURATION),
+                  help="Stop after this many seconds (default: until Ctrl-C).")
+    @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+                  show_default=True, help="table for people, json for one object per line.")
+    @click.option("--ready-file", hidden=True, default=None,
+                  help="Write this file once every probe is attached (for tests).")
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        return fn(**kw)
+    return wrapper
+
+
+def _config(kw) -> Config:
+    return Config(bridge=kw["bridge"], netns=kw["netns"], interval=kw["interval"],
+                  duration=kw["duration"], output=kw["output"], ready_file=kw["ready_file"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """brtrace: where and why a Linux bridge drops or loops frames.
+
+    \b
+    Examples:
+      brtrace drops --bridge br-int
+      brtrace drops --bridge br0 --netns lab --duration 10 -o json
+      brtrace doctor
+    """
+
+
+@cli.command()
+@bridge_options
+def drops(**kw):
+    """Frames freed on the bridge and its ports: port, kernel reason, location.
+
+    \b
+    Examples:
+      brtrace drops --bridge br-int
+      brtrace drops -b br-int -d 30 -o json > drops.jsonl
+    """
+    from tracer.views.drops import run_drops
+    sys.exit(run_drops(_config(kw)))
+
+
+@cli.command()
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+def doctor(output):
+    """What this kernel offers and which probe each hook uses.
+
+    \b
+    Example:
+      brtrace doctor
+    """
+    from tracer.views.doctor import run_doctor
+    sys.exit(run_doctor(output))
+
+
+def main(argv=None) -> None:
+    """Entry point: one-line errors, no tracebacks, meaningful exit codes."""
+    try:
+        cli.main(args=argv, prog_name="brtrace", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        cmd = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
+        print(f"brtrace: error: {exc.format_message()} (see: brtrace{cmd} --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except BrtraceError as exc:
+        print(f"brtrace: error: {exc.oneline()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

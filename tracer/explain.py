@@ -1,0 +1,154 @@
+"""What a drop means on a bridge, in an operator's words. Pure.
+
+The kernel's reason stays visible beside ours: many bridge frees carry
+NOT_SPECIFIED, and then the freeing function and the bridge's own state (FDB,
+STP state, MTU, tap reader) are the clue. Each rule reads a DropContext and
+returns a sentence, or "" when it does not apply; the first that speaks wins.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from tracer.aggregate import DropGroup
+from tracer.decode import is_multicast
+from tracer.topology import Bridge, FdbEntry
+
+# Where in the stack a freeing function sits (prefix match, first wins).
+STAGES = (
+    ("br_handle_frame_finish", "bridge forwarding"),
+    ("br_handle_frame", "bridge ingress"),
+    ("br_forward", "bridge forwarding"),
+    ("br_flood", "bridge flooding"),
+    ("br_dev_queue_push_xmit", "bridge egress"),
+    ("br_pass_frame_up", "bridge local delivery"),
+    ("br_nf", "bridge netfilter"),
+    ("br_", "bridge"),
+    ("nf_hook_slow", "netfilter"),
+    ("nft_", "netfilter"),
+    ("tun_", "tap/tun"),
+    ("veth_", "veth"),
+    ("__dev_forward_skb", "veth"),
+    ("dev_forward_skb", "veth"),
+    ("__dev_queue_xmit", "device queue"),
+    ("sch_", "qdisc"),
+    ("tcf_", "tc"),
+    ("ip_", "ipv4"),
+    ("ip6_", "ipv6"),
+    ("arp_", "arp"),
+    ("ping_", "ping socket"),
+)
+
+
+def stage_of(function: str) -> str:
+    for prefix, stage in STAGES:
+        if function.startswith(prefix):
+            return stage
+    return "other"
+
+
+@dataclass
+class DropContext:
+    group: DropGroup
+    reason: str        # the kernel's name, e.g. NOT_SPECIFIED
+    function: str      # freeing function, e.g. br_handle_frame_finish
+    bridge: Bridge
+    fdb: list          # FdbEntry list (may be empty)
+
+    @property
+    def port_name(self) -> str:
+        return self.bridge.port_name(self.group.ifindex)
+
+    @property
+    def port(self):
+        return self.bridge.ports.get(self.group.ifindex)
+
+    def sample_values(self, field: str) -> Counter:
+        return Counter(s[field] for s in self.group.samples if field in s)
+
+
+def _same_port(ctx: DropContext) -> str:
+    """br_forward() will not send a unicast frame out of the port it came in on
+    (should_deliver() checks the FDB's port against the ingress port); the frame
+    is then freed by br_handle_frame_finish()."""
+    learned = {e.mac: e for e in ctx.fdb if isinstance(e, FdbEntry) and not e.local}
+    hits = Counter()
+    for s in ctx.group.samples:
+        dst = s.get("dst_mac")
+        if dst and not is_multicast(dst) and dst in learned and learned[dst].ifindex == ctx.group.ifindex:
+            hits[dst] += 1
+    if not hits:
+        return ""
+    mac, _n = hits.most_common(1)[0]
+    return (f"the bridge will not send a frame back out of the port it came in on: "
+            f"{mac} is learned on {ctx.port_name}, the ingress port (check for a looped "
+            f"or reflecting device behind {ctx.port_name})")
+
+
+def _stp(ctx: DropContext) -> str:
+    if ctx.reason != "BRIDGE_INGRESS_STP_STATE" and not (
+            ctx.function.startswith("br_handle_frame") and ctx.port
+            and ctx.port.stp_state in ("blocking", "listening", "disabled")):
+        return ""
+    state = ctx.port.stp_state if ctx.port else "not forwarding"
+    return (f"port {ctx.port_name} is in STP state {state}: the bridge discards what it "
+            f"receives there (`bridge link show dev {ctx.port_name}`)")
+
+
+def _invalid_source(ctx: DropContext) -> str:
+    if ctx.reason != "MAC_INVALID_SOURCE":
+        return ""
+    srcs = ctx.sample_values("src_mac")
+    src = f" ({srcs.most_common(1)[0][0]})" if srcs else ""
+    return (f"source MAC{src} is not a valid unicast address (multicast or all-zero); "
+            f"the bridge discards such frames on ingress; the sender behind {ctx.port_name} is broken")
+
+
+def _netfilter(ctx: DropContext) -> str:
+    if ctx.reason != "NETFILTER_DROP":
+        return ""
+    ns = f"ip netns exec {ctx.bridge.netns.name} " if ctx.bridge.netns.name else ""
+    return f"a netfilter rule dropped it (bridge family or br_netfilter): see `{ns}nft list ruleset`"
+
+
+def _tap_full(ctx: DropContext) -> str:
+    if not (ctx.function.startswith("tun_") and ctx.reason in ("FULL_RING", "NOT_SPECIFIED")):
+        return ""
+    qlen = f" of {ctx.port.txqlen} frames" if ctx.port and ctx.port.txqlen else ""
+    return (f"the process behind tap {ctx.port_name} (VM or VPN daemon) is not reading: "
+            f"its queue{qlen} is full, so the bridge's frames for it are thrown away")
+
+
+def _tap_no_reader(ctx: DropContext) -> str:
+    if not (ctx.function.startswith("tun_") and ctx.reason in ("DEV_READY", "NO_TX_TARGET")):
+        return ""
+    return f"no process has tap {ctx.port_name} open (its VM or VPN daemon is gone or detached)"
+
+
+def _mtu(ctx: DropContext) -> str:
+    if ctx.reason != "PKT_TOO_BIG" and not ctx.function.startswith("br_dev_queue_push_xmit"):
+        return ""
+    lens = [s["skb_len"] for s in ctx.group.samples if "skb_len" in s]
+    size = f"{max(lens)}-byte " if lens else ""
+    mtu = f" (MTU {ctx.port.mtu})" if ctx.port else ""
+    return (f"{size}frames are larger than {ctx.port_name} can carry{mtu}: "
+            f"give every port of {ctx.bridge.name} the same MTU")
+
+
+def _own_mac(ctx: DropContext) -> str:
+    if ctx.reason != "LOCAL_MAC":
+        return ""
+    return (f"frames entering {ctx.port_name} carry one of the bridge's own MACs as source: "
+            f"something behind {ctx.port_name} reflects the bridge's frames back")
+
+
+RULES = (_stp, _invalid_source, _netfilter, _tap_no_reader, _tap_full, _own_mac, _mtu, _same_port)
+
+
+def explain(ctx: DropContext) -> str:
+    for rule in RULES:
+        text = rule(ctx)
+        if text:
+            return text
+    return ""

@@ -1,0 +1,83 @@
+"""What this kernel lets brtrace do, probed once and reported by `brtrace doctor`.
+
+Nothing here loads a BPF program through bcc: kprobe support is read from the
+perf PMU list and tracefs, fentry support from libbpf's program-type probe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.kernel.btf import VMLINUX_BTF
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+BPF_PROG_TYPE_TRACING = 26  # include/uapi/linux/bpf.h, stable ABI
+
+
+def tracefs_root() -> str | None:
+    """Where tracefs is mounted (BRTRACE_TRACEFS overrides, for tests)."""
+    override = os.environ.get("BRTRACE_TRACEFS")
+    candidates = (override,) if override else TRACEFS_CANDIDATES
+    for root in candidates:
+        if os.path.isdir(os.path.join(root, "events")):
+            return root
+    return None
+
+
+def btf_path() -> str:
+    return os.environ.get("BRTRACE_BTF", VMLINUX_BTF)
+
+
+def kprobes_available() -> bool:
+    """kprobes need CONFIG_KPROBES: the perf `kprobe` PMU or tracefs kprobe_events."""
+    if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+        return True
+    root = tracefs_root()
+    return bool(root) and os.path.exists(os.path.join(root, "kprobe_events"))
+
+
+def fentry_available() -> bool:
+    """Can BPF programs of type `tracing` (fentry/fexit) load here? libbpf's probe
+    loads a trivial one; kernels without a BPF trampoline refuse it."""
+    try:
+        lib = ctypes.CDLL("libbpf.so.1")
+        return lib.libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_TRACING, None) == 1
+    except (OSError, AttributeError):
+        return False
+
+
+def kernel_symbol_module(symbol: str, kallsyms: str = "/proc/kallsyms") -> str | None:
+    """'' if `symbol` is built into vmlinux, the module name if it lives in one,
+    None if absent. bcc 0.26 cannot attach fentry to module functions (its
+    KFUNC_PROBE looks only in vmlinux BTF), so this decides fentry vs kprobe."""
+    try:
+        with open(kallsyms) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == symbol and parts[1] in "tT":
+                    return parts[3].strip("[]") if len(parts) > 3 else ""
+    except OSError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Features:
+    kernel: str
+    btf: bool
+    tracefs: str | None
+    kprobes: bool
+    fentry: bool
+    raw_tracepoints: bool
+
+    @classmethod
+    def probe(cls) -> "Features":
+        return cls(kernel=platform.release(), btf=Path(btf_path()).exists(),
+                   tracefs=tracefs_root(), kprobes=kprobes_available(),
+                   fentry=fentry_available(),
+                   # raw tracepoints arrived in 4.17; BTF-typed ones are what we use
+                   raw_tracepoints=Path(btf_path()).exists())

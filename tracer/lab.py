@@ -1,0 +1,867 @@
+"""Build small, disposable bridge labs in network namespaces, and break them on purpose.
+
+Why this exists: brtrace claims "this frame was dropped on this port for this
+reason".  The only honest way to test that is to build a bridge whose faults we
+caused ourselves, send a known number of frames, and compare.  This module is
+that lab: the demo (`scripts/demo`) and the integration tests use it.
+
+Design rules, each for a reason:
+
+* Everything lives in namespaces named ``<prefix>-...`` so that the root
+  namespace (and other users of the machine) are never touched, and cleanup
+  is "delete the namespaces we created".
+* Addresses are deterministic and exposed (:class:`Host`), so a test knows the
+  ground truth (which MAC sits behind which port) without asking the kernel.
+* Every traffic generator is bounded in frames *and* seconds; every child
+  process is ours, tracked by PID, and exits on its own after a bounded time.
+* Only the standard library and the ``ip``/``bridge``/``nft`` tools: the lab
+  must not depend on the code it is testing (pyroute2, bcc).
+
+What each fault looks like at ``skb:kfree_skb`` on a 6.18 kernel is recorded
+next to the helper that reproduces it (see ``FAULTS`` below).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+# The interpreter used *inside* namespaces for child helpers.  The system
+# python is used (not sys.executable) because child scripts need nothing but
+# the standard library, and a venv interpreter may not be usable after
+# `ip netns exec` remounts /sys.
+CHILD_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+NETNS_RUN_DIR = "/run/netns"
+
+# Ethertypes used by the frame builders.
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+# IEEE 802 "local experimental" ethertype: no protocol handler in the kernel,
+# so frames of this type are easy to recognise (kfree_skb protocol=0xb588 when
+# printed host-endian) and are never answered by a stack.
+ETH_P_LAB = 0x88B5
+
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+# Ground truth measured on kernel 6.18 with tracefs skb:kfree_skb (K=50 frames
+# each, exactly K events unless noted).  fault -> (reason, location symbol).
+# Note the symbols: drops done by a tail call are reported at the *caller*
+# (br_forward's kfree_skb shows as br_handle_frame_finish), and nf_tables frees
+# dropped packets itself (nft_do_chain, not nf_hook_slow).
+FAULTS: Dict[str, tuple] = {
+    "same_port": ("NOT_SPECIFIED", "br_handle_frame_finish"),   # +0x380, via br_forward
+    "stp_blocking": ("BRIDGE_INGRESS_STP_STATE", "br_handle_frame"),
+    "stp_listening": ("BRIDGE_INGRESS_STP_STATE", "br_handle_frame"),
+    "stp_disabled": ("BRIDGE_INGRESS_STP_STATE", "br_handle_frame"),
+    "stp_learning": ("BRIDGE_INGRESS_STP_STATE", "br_handle_frame_finish"),  # +0x190
+    "mcast_source": ("MAC_INVALID_SOURCE", "br_handle_frame"),
+    "nft_drop": ("NETFILTER_DROP", "nft_do_chain"),             # forward and input hooks
+    "tap_stalled": ("FULL_RING", "tun_net_xmit"),               # exactly K - txqueuelen
+    "tap_no_carrier_unicast": ("NOT_SPECIFIED", "br_handle_frame_finish"),
+    "egress_mtu": ("NOT_SPECIFIED", "br_dev_queue_push_xmit"),  # non-IP frames
+    "egress_mtu_ipv4_df": ("NOT_SPECIFIED", "br_nf_dev_queue_xmit"),  # br_netfilter path
+    "veth_mtu": ("NOT_SPECIFIED", "__dev_forward_skb2"),
+}
+
+
+class LabError(RuntimeError):
+    """A lab command failed; the message carries the command and its stderr."""
+
+
+# --------------------------------------------------------------------------
+# small process helpers
+# --------------------------------------------------------------------------
+
+def run(argv: Sequence[str], check: bool = True, timeout: float = 30.0,
+        input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    """Run one command with a timeout; raise LabError with its stderr on failure.
+
+    Every lab action goes through here so a hung tool can never hang a test.
+    """
+    try:
+        proc = subprocess.run(list(argv), input=input, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run already killed the child
+        raise LabError("%s timed out after %.0fs" % (" ".join(argv[:6]), timeout))
+    if check and proc.returncode != 0:
+        raise LabError("%s failed (rc=%d): %s" % (
+            " ".join(argv), proc.returncode, proc.stderr.decode(errors="replace").strip()))
+    return proc
+
+
+def ns_argv(netns: Optional[str], argv: Sequence[str]) -> List[str]:
+    """Prefix argv with `ip netns exec NS` (or nothing for the root namespace)."""
+    return (["ip", "netns", "exec", netns] if netns else []) + list(argv)
+
+
+def netns_inode(name: str) -> int:
+    """Inode of /run/netns/NAME: brtrace identifies namespaces by this number."""
+    return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
+
+
+def netns_exists(name: str) -> bool:
+    """True if `ip netns` knows NAME (its bind mount exists)."""
+    return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
+
+
+def _set_pdeathsig() -> None:
+    """In a child: ask for SIGTERM when the parent dies, so no helper outlives us."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # best effort: children also have their own time bound
+        pass
+
+
+def _kill_pid(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """Stop one child we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# frame builders (pure functions, easy to unit test)
+# --------------------------------------------------------------------------
+
+def mac_bytes(mac: str) -> bytes:
+    """'02:00:..' -> 6 bytes."""
+    raw = bytes(int(part, 16) for part in mac.split(":"))
+    if len(raw) != 6:
+        raise ValueError("bad MAC %r" % mac)
+    return raw
+
+
+def pad60(frame: bytes) -> bytes:
+    """Pad to the 60-byte Ethernet minimum (without FCS): veth does not pad for us."""
+    return frame + b"\x00" * max(0, 60 - len(frame))
+
+
+def ether(dst: str, src: str, ethertype: int, payload: bytes = b"") -> bytes:
+    """An Ethernet II frame, padded to 60 bytes."""
+    return pad60(mac_bytes(dst) + mac_bytes(src) + struct.pack("!H", ethertype) + payload)
+
+
+def inet_checksum(data: bytes) -> int:
+    """RFC 1071 ones-complement sum."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
+    """Broadcast who-has TARGET tell SRC."""
+    body = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1)
+    body += mac_bytes(src_mac) + socket.inet_aton(src_ip)
+    body += b"\x00" * 6 + socket.inet_aton(target_ip)
+    return ether(BROADCAST, src_mac, ETH_P_ARP, body)
+
+
+def ipv4_udp(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str,
+             sport: int, dport: int, payload: bytes = b"", ttl: int = 64,
+             frame_len: Optional[int] = None) -> bytes:
+    """An Ethernet/IPv4/UDP frame with correct IP and UDP checksums.
+
+    frame_len, if given, grows the UDP payload so the whole frame (14-byte
+    Ethernet header included) is exactly that long: handy for MTU tests.
+    """
+    if frame_len is not None:
+        need = frame_len - 14 - 20 - 8
+        if need < len(payload):
+            raise ValueError("frame_len %d too small" % frame_len)
+        payload = payload + b"\x00" * (need - len(payload))
+    udp_len = 8 + len(payload)
+    src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    csum = inet_checksum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, ttl, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
+    return ether(dst_mac, src_mac, ETH_P_IP, ip + udp)
+
+
+# --------------------------------------------------------------------------
+# bounded traffic generators
+# --------------------------------------------------------------------------
+
+# Runs inside the namespace.  argv: ifname count interval frame-hex.
+# Protocol 0 on the packet socket means "transmit only": it never receives,
+# so the sender itself adds no receive-side drops to what we measure.
+_SENDER = r"""
+import errno, socket, sys, time
+ifname, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+frame = bytes.fromhex(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.bind((ifname, 0))
+sent = refused = 0
+for i in range(count):
+    try:
+        n = s.send(frame)
+        if n != len(frame):
+            sys.exit("short send %d/%d" % (n, len(frame)))
+    except OSError as e:
+        # ENOBUFS means the device's xmit dropped the frame *after* it left the
+        # socket (e.g. veth peer MTU too small).  The frame was sent; retrying
+        # would send more than `count`.
+        if e.errno != errno.ENOBUFS:
+            raise
+        refused += 1
+    sent += 1
+    if interval:
+        time.sleep(interval)
+print(sent, refused)
+"""
+
+
+def _sender_argv(netns: str, ifname: str, frame: bytes, count: int,
+                 interval: float) -> List[str]:
+    return ns_argv(netns, [CHILD_PYTHON, "-c", _SENDER, ifname, str(count), repr(interval),
+                           frame.hex()])
+
+
+def send_frames(netns: str, ifname: str, frame: bytes, count: int,
+                interval: float = 0.0, timeout: Optional[float] = None) -> int:
+    """Send exactly `count` copies of `frame` out of IFNAME inside NETNS.
+
+    Returns only after the child has sent them all (and says so); raises
+    LabError otherwise.  A child process is used because the caller may be
+    multi-threaded and setns() would move the whole thread.
+    """
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    if timeout is None:
+        timeout = 10.0 + count * (interval + 0.01)
+    proc = run(_sender_argv(netns, ifname, frame, count, interval), timeout=timeout)
+    sent = _parse_sent(proc.stdout)
+    if sent != count:
+        raise LabError("sender reported %d of %d frames" % (sent, count))
+    return sent
+
+
+def start_sender(netns: str, ifname: str, frame: bytes, count: int,
+                 interval: float) -> subprocess.Popen:
+    """Like send_frames() but returns at once; finish with wait_sender().
+
+    Lets several bounded generators run side by side (the demo does this).
+    """
+    return subprocess.Popen(_sender_argv(netns, ifname, frame, count, interval),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_set_pdeathsig)
+
+
+def wait_sender(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for a start_sender() child; kill it (by PID) if it overruns."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_pid(proc)
+        proc.communicate()
+        raise LabError("sender %d overran %.0fs" % (proc.pid, timeout))
+    if proc.returncode != 0:
+        raise LabError("sender failed: %s" % err.decode(errors="replace").strip())
+    return _parse_sent(out)
+
+
+def _parse_sent(out: bytes) -> int:
+    """The sender prints 'SENT REFUSED'; REFUSED frames were dropped by the
+    device's xmit path (ENOBUFS) and still count as sent."""
+    fields = out.decode().split()
+    return int(fields[0]) if fields else -1
+
+
+# Fallback for machines without iputils ping: ICMP echo over a raw socket.
+# argv: dst count interval deadline.  Exit 0 if at least one reply arrived.
+_PINGER = r"""
+import os, select, socket, struct, sys, time
+dst, count, interval, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident, got, sent = os.getpid() & 0xffff, set(), 0
+end = time.monotonic() + deadline
+next_send = time.monotonic()
+while time.monotonic() < end and len(got) < count:
+    now = time.monotonic()
+    if sent < count and now >= next_send:
+        body = b"brtl-ping" + bytes(47)
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, sent)
+        s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + body), ident, sent) + body, (dst, 0))
+        sent += 1
+        next_send = now + interval
+    wait = max(0.0, min(end, next_send if sent < count else end) - time.monotonic())
+    r, _, _ = select.select([s], [], [], wait)
+    if r:
+        pkt = s.recv(2048)
+        ihl = (pkt[0] & 15) * 4
+        t, _, _, i, seq = struct.unpack("!BBHHH", pkt[ihl:ihl + 8])
+        if t == 0 and i == ident:
+            got.add(seq)
+print("%d/%d" % (len(got), sent))
+sys.exit(0 if got else 1)
+"""
+
+
+def ping(netns: str, ip: str, count: int = 3, interval: float = 0.2,
+         deadline: Optional[float] = None) -> bool:
+    """Bounded ping (-c and -w) from NETNS; True if any reply came back.
+
+    Uses iputils ping when installed, else an equivalent raw-socket child,
+    because minimal images (like our CI VM) ship without ping.
+    """
+    if deadline is None:
+        deadline = max(2.0, count * interval + 2.0)
+    if shutil.which("ping"):
+        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval),
+                "-w", str(int(deadline + 0.999)), ip]
+    else:
+        argv = [CHILD_PYTHON, "-c", _PINGER, ip, str(count), repr(interval), repr(deadline)]
+    return run(ns_argv(netns, argv), check=False, timeout=deadline + 10).returncode == 0
+
+
+# --------------------------------------------------------------------------
+# the lab
+# --------------------------------------------------------------------------
+
+@dataclass
+class Host:
+    """One host namespace wired to the bridge by a veth pair: the ground truth."""
+    index: int
+    netns: str      # e.g. brtl-h1
+    ifname: str     # host side, always eth0
+    port: str       # bridge side, e.g. vnet0
+    mac: str
+    ip: str         # without prefix length
+
+
+@dataclass
+class TapPort:
+    """A tap enslaved to the bridge, and the PID of its reader if we started one."""
+    name: str
+    reader: str
+    proc: Optional[subprocess.Popen] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+
+# Runs inside the bridge namespace: attach to an existing tap and never read.
+# The kernel queues up to txqueuelen frames in the tap's ring, then drops.
+_STALLED_READER = r"""
+import fcntl, os, struct, sys, time
+name, hold = sys.argv[1], float(sys.argv[2])
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454ca, 0x0002, 0x1000
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+print("ready", flush=True)
+time.sleep(hold)
+"""
+
+
+class Lab:
+    """A bridge namespace with N host namespaces, built on enter, removed on exit.
+
+    Layout (prefix "brtl", bridge "br-int", hosts=2)::
+
+        brtl-h1:eth0 <-veth-> vnet0 --+
+                                      br-int   (in brtl-br)
+        brtl-h2:eth0 <-veth-> vnet1 --+
+
+    Host i (1-based) has MAC 02:b7:00:00:00:0i and IP 10.77.0.i/24; the bridge
+    has MAC 02:b7:00:00:00:fe and no IP (it only switches).  IPv6 is disabled
+    in every lab namespace by default, because DAD/MLD/RS chatter otherwise
+    adds floods and drops that make exact counts impossible; for the same
+    reason multicast snooping is off (see build()).
+    """
+
+    def __init__(self, prefix: str = "brtl", hosts: int = 2, bridge: str = "br-int",
+                 port_prefix: str = "vnet", stp: bool = False, ipv6: bool = False,
+                 mac_base: str = "02:b7:00:00:00", subnet: str = "10.77.0",
+                 mcast_snooping: bool = False):
+        self.prefix = prefix
+        self.bridge = bridge
+        self.bridge_ns = "%s-br" % prefix
+        self.bridge_mac = "%s:fe" % mac_base
+        self.n_hosts = hosts
+        self.port_prefix = port_prefix
+        self.stp = stp
+        self.ipv6 = ipv6
+        self.mac_base = mac_base
+        self.subnet = subnet
+        self.mcast_snooping = mcast_snooping
+        self.hosts: List[Host] = []
+        self.taps: Dict[str, TapPort] = {}
+        self._namespaces: List[str] = []   # in creation order; cleanup deletes these
+        self._children: List[subprocess.Popen] = []
+        self._nft_table: Optional[str] = None
+
+    # ---- context manager ------------------------------------------------
+    def __enter__(self) -> "Lab":
+        try:
+            self.build()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # ---- building -------------------------------------------------------
+    def ip(self, netns: Optional[str], *args: str, check: bool = True):
+        """`ip -n NS ARGS`: the one place lab topology commands go through."""
+        return run(["ip"] + (["-n", netns] if netns else []) + list(args), check=check)
+
+    def add_netns(self, name: str) -> str:
+        """Create a namespace, remember it for cleanup, bring lo up, quiet IPv6."""
+        if netns_exists(name):
+            raise LabError("namespace %s already exists (stale lab? run cleanup)" % name)
+        run(["ip", "netns", "add", name])
+        self._namespaces.append(name)
+        self.ip(name, "link", "set", "lo", "up")
+        if not self.ipv6:
+            self.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
+            self.sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
+        return name
+
+    def sysctl(self, netns: str, key: str, value: str) -> None:
+        """Set a per-namespace sysctl (writes /proc/sys inside NS)."""
+        run(ns_argv(netns, ["sysctl", "-q", "-w", "%s=%s" % (key, value)]))
+
+    def host_mac(self, i: int) -> str:
+        return "%s:%02x" % (self.mac_base, i)
+
+    def build(self) -> None:
+        """Create bridge namespace, bridge, and every host; all links up."""
+        self.add_netns(self.bridge_ns)
+        # With STP on, use the kernel's minimum timers (2 s forward delay,
+        # 1 s hello) so a lab converges in about 4 s instead of 30.
+        stp = ["stp_state", "1", "forward_delay", "200", "hello_time", "100",
+               "max_age", "600"] if self.stp else ["stp_state", "0"]
+        # Snooping off by default: with it on, the bridge joins 224.0.0.106
+        # (multicast router discovery) and floods an IGMP report to every
+        # port about 0-1 s after it comes up.  Measured: that one frame takes
+        # a slot in a stalled tap's ring and is dropped by each host's IP
+        # stack (ip_rcv_finish_core), spoiling exact drop counts.
+        snoop = ["mcast_snooping", "1" if self.mcast_snooping else "0"]
+        self.ip(self.bridge_ns, "link", "add", self.bridge, "address", self.bridge_mac,
+                "type", "bridge", *stp, *snoop)
+        self.ip(self.bridge_ns, "link", "set", self.bridge, "up")
+        for i in range(1, self.n_hosts + 1):
+            self.add_host(i)
+        if self.stp:
+            self.wait_stp_settled()
+
+    def add_host(self, i: int) -> Host:
+        """Host namespace <prefix>-hI with eth0, wired to bridge port <port_prefix>{I-1}."""
+        host = Host(index=i, netns=self.add_netns("%s-h%d" % (self.prefix, i)),
+                    ifname="eth0", port="%s%d" % (self.port_prefix, i - 1),
+                    mac=self.host_mac(i), ip="%s.%d" % (self.subnet, i))
+        self.ip(self.bridge_ns, "link", "add", host.port, "type", "veth",
+                "peer", "name", host.ifname, "netns", host.netns)
+        self.ip(host.netns, "link", "set", host.ifname, "address", host.mac)
+        self.ip(host.netns, "addr", "add", host.ip + "/24", "dev", host.ifname)
+        self.ip(host.netns, "link", "set", host.ifname, "up")
+        self.ip(self.bridge_ns, "link", "set", host.port, "master", self.bridge)
+        self.ip(self.bridge_ns, "link", "set", host.port, "up")
+        self.hosts.append(host)
+        return host
+
+    def host(self, i: int) -> Host:
+        """Host by 1-based index."""
+        return self.hosts[i - 1]
+
+    # ---- faults and knobs -----------------------------------------------
+    def add_tap(self, name: str, reader: str = "none", hold: float = 120.0,
+                txqueuelen: Optional[int] = None) -> TapPort:
+        """Add tap NAME to the bridge.  reader="none": nobody opens it (NO-CARRIER,
+        the bridge treats the port as disabled).  reader="stalled": a child of
+        ours attaches and never reads, so frames pile up in the tap's ring and
+        then drop.  The child exits after `hold` seconds or on cleanup.
+        """
+        if reader not in ("none", "stalled"):
+            raise ValueError("reader must be 'none' or 'stalled'")
+        self.ip(self.bridge_ns, "tuntap", "add", "dev", name, "mode", "tap")
+        tap = TapPort(name=name, reader=reader)
+        self.taps[name] = tap
+        if txqueuelen is not None:
+            self.ip(self.bridge_ns, "link", "set", name, "txqueuelen", str(txqueuelen))
+        self.ip(self.bridge_ns, "link", "set", name, "master", self.bridge)
+        self.ip(self.bridge_ns, "link", "set", name, "up")
+        if reader == "stalled":
+            tap.proc = self._start_stalled_reader(name, hold)
+        return tap
+
+    def _start_stalled_reader(self, name: str, hold: float) -> subprocess.Popen:
+        """Start (and wait for) a child holding the tap's fd without reading."""
+        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _STALLED_READER, name, repr(hold)])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_set_pdeathsig)
+        self._children.append(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+        line = proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            _kill_pid(proc)
+            raise LabError("stalled reader for %s did not start: %s" % (
+                name, proc.stderr.read().decode(errors="replace").strip()))
+        return proc
+
+    STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
+
+    def set_stp_state(self, port: str, state: int) -> None:
+        """Force a port's STP state with `bridge link set ... state N`; needs STP off.
+
+        Measured on 6.18: 0, 1 and 2 stick, but 4 (blocking) does not: with STP
+        off every port is "designated", so the kernel's port-state selection
+        moves a blocking port straight to forwarding.  We check and raise
+        rather than let a test believe the port blocks.  For a real blocking
+        port use Lab(stp=True) and add_loop().
+        """
+        run(["bridge", "-n", self.bridge_ns, "link", "set", "dev", port, "state", str(state)])
+        actual = self.stp_state(port)
+        if actual != self.STP_STATES[state]:
+            raise LabError("port %s is %s after setting state %d (%s); with STP off the "
+                           "kernel does not keep 'blocking': use Lab(stp=True).add_loop()"
+                           % (port, actual, state, self.STP_STATES[state]))
+
+    def stp_state(self, port: str) -> str:
+        """Current STP state name of a port, as `bridge -j link` reports it."""
+        import json
+        out = run(["bridge", "-n", self.bridge_ns, "-j", "link", "show", "dev", port]).stdout
+        return json.loads(out)[0].get("state", "?")
+
+    def add_loop(self, a: Optional[str] = None, b: Optional[str] = None,
+                 settle: float = 15.0) -> tuple:
+        """Wire a veth pair with BOTH ends on the bridge: a layer-2 loop.
+
+        Only allowed with Lab(stp=True): kernel STP then blocks one end, which
+        is the honest way to get a port in state "blocking".  Flooded frames
+        leave through the forwarding end and are dropped entering the
+        blocking end.  Waits (bounded by `settle` s) until no port is in
+        listening/learning; returns (forwarding_end, blocking_end).
+        """
+        if not self.stp:
+            raise LabError("add_loop() without STP would make a broadcast storm")
+        a = a or self.prefix + "loopa"
+        b = b or self.prefix + "loopb"
+        self.ip(self.bridge_ns, "link", "add", a, "type", "veth", "peer", "name", b)
+        for end in (a, b):
+            self.ip(self.bridge_ns, "link", "set", end, "master", self.bridge)
+            self.ip(self.bridge_ns, "link", "set", end, "up")
+        self.wait_stp_settled(settle)
+        states = {end: self.stp_state(end) for end in (a, b)}
+        blocking = [e for e, st in states.items() if st == "blocking"]
+        if len(blocking) != 1:
+            raise LabError("loop did not converge to one blocking end: %r" % states)
+        other = b if blocking[0] == a else a
+        return other, blocking[0]
+
+    def wait_stp_settled(self, timeout: float = 15.0) -> None:
+        """Poll until no bridge port is listening or learning (bounded)."""
+        import json
+        end = time.monotonic() + timeout
+        while True:
+            out = run(["bridge", "-n", self.bridge_ns, "-j", "link"]).stdout
+            states = [p.get("state") for p in json.loads(out)]
+            if not any(st in ("listening", "learning") for st in states):
+                return
+            if time.monotonic() > end:
+                raise LabError("STP still converging after %.0fs: %r" % (timeout, states))
+            time.sleep(0.25)
+
+    def set_mtu(self, netns: str, dev: str, mtu: int) -> None:
+        self.ip(netns, "link", "set", dev, "mtu", str(mtu))
+
+    def set_bridge_mtu(self, mtu: int) -> None:
+        """Set the bridge's MTU explicitly (this stops it auto-following its ports)."""
+        self.set_mtu(self.bridge_ns, self.bridge, mtu)
+
+    def add_fdb(self, mac: str, port: str) -> None:
+        """Static FDB entry: frames to MAC go only to PORT (no flooding)."""
+        run(["bridge", "-n", self.bridge_ns, "fdb", "replace", mac, "dev", port,
+             "master", "static"])
+
+    def nft_drop(self, hook: str = "forward", match: str = "udp dport 9999",
+                 table: Optional[str] = None) -> None:
+        """Add a bridge-family nftables rule `MATCH drop` on HOOK in the bridge ns."""
+        table = table or self.prefix.replace("-", "_")
+        chain = "lab_" + hook
+        script = ("table bridge %s {\n chain %s {\n  type filter hook %s priority 0; policy accept;\n"
+                  "  %s counter drop\n }\n}\n") % (table, chain, hook, match)
+        run(ns_argv(self.bridge_ns, ["nft", "-f", "-"]), input=script.encode())
+        self._nft_table = table
+
+    def nft_counters(self) -> str:
+        """The lab's nft table listing (rule counters = kernel's own drop count)."""
+        if not self._nft_table:
+            return ""
+        return run(ns_argv(self.bridge_ns, ["nft", "list", "table", "bridge",
+                                            self._nft_table])).stdout.decode()
+
+    def link_stats(self, netns: str, dev: str) -> dict:
+        """rx/tx packet and drop counters of one device (from `ip -s -j link`)."""
+        import json
+        out = run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", dev]).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return {"rx_packets": stats["rx"]["packets"], "rx_dropped": stats["rx"]["dropped"],
+                "tx_packets": stats["tx"]["packets"], "tx_dropped": stats["tx"]["dropped"]}
+
+    def netns_inode(self, name: str) -> int:
+        return netns_inode(name)
+
+    # ---- cleanup --------------------------------------------------------
+    def cleanup(self) -> None:
+        """Kill our children by PID, then delete exactly the namespaces we created.
+
+        Safe to call twice and after a partial build.  Deleting a namespace
+        destroys its veths, taps and bridge, and with it any nft table.
+        """
+        for proc in self._children:
+            try:
+                _kill_pid(proc)
+            except Exception:
+                pass
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+        self._children.clear()
+        for tap in self.taps.values():
+            self.ip(self.bridge_ns, "link", "del", tap.name, check=False)
+        self.taps.clear()
+        for name in reversed(self._namespaces):
+            if netns_exists(name):
+                run(["ip", "netns", "del", name], check=False)
+        self._namespaces.clear()
+        self.hosts.clear()
+
+
+# --------------------------------------------------------------------------
+# ground truth from tracefs (independent of brtrace's BPF code)
+# --------------------------------------------------------------------------
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+@dataclass
+class Drop:
+    """One skb:kfree_skb line, with the device the skb was last seen on."""
+    reason: str
+    location: str     # symbol+0xoff/0xsize as tracefs prints it
+    protocol: int     # skb->protocol as printed (network order read as host int)
+    skbaddr: str
+    dev: Optional[str]
+
+    @property
+    def symbol(self) -> str:
+        return self.location.split("+")[0]
+
+
+class KfreeSkbTrace:
+    """Record skb:kfree_skb in a private tracefs instance (instances/NAME).
+
+    Why a private instance: the global buffer may be in use by others, and an
+    instance can be created, enabled and removed without touching it.
+    net:netif_receive_skb and net:net_dev_queue are recorded too, only so each
+    drop can be attributed to the device its skb was last seen on (kfree_skb
+    itself carries no device).  Use as a context manager around the traffic.
+    """
+
+    EVENTS = ("skb/kfree_skb", "net/netif_receive_skb", "net/net_dev_queue")
+
+    def __init__(self, name: str = "brtl", buffer_kb: int = 4096, consume: bool = False):
+        self.dir = os.path.join(TRACEFS, "instances", name)
+        self.buffer_kb = buffer_kb
+        self.events = self.EVENTS + (("skb/consume_skb",) if consume else ())
+        self.lines: List[str] = []
+
+    def _write(self, rel: str, value: str) -> None:
+        with open(os.path.join(self.dir, rel), "w") as f:
+            f.write(value)
+
+    def __enter__(self) -> "KfreeSkbTrace":
+        if not os.path.isdir(os.path.join(TRACEFS, "instances")):
+            raise LabError("tracefs not mounted at %s" % TRACEFS)
+        if not os.path.isdir(self.dir):
+            os.mkdir(self.dir)
+        try:
+            self._write("buffer_size_kb", str(self.buffer_kb))
+            self._write("trace", "")
+            for ev in self.events:
+                self._write("events/%s/enable" % ev, "1")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stop(self) -> List[str]:
+        """Disable events and keep the buffer's lines."""
+        for ev in self.events:
+            try:
+                self._write("events/%s/enable" % ev, "0")
+            except OSError:
+                pass
+        with open(os.path.join(self.dir, "trace")) as f:
+            self.lines = [l for l in f.read().splitlines() if l and not l.startswith("#")]
+        return self.lines
+
+    def close(self) -> None:
+        """Disable our events and remove the instance (idempotent)."""
+        if not os.path.isdir(self.dir):
+            return
+        if not self.lines:
+            try:
+                self.stop()
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
+
+    def drops(self) -> List[Drop]:
+        """Parse kfree_skb lines, attributing each to the skb's last device."""
+        last_dev: Dict[str, str] = {}
+        out = []
+        for line in self.lines:
+            if "netif_receive_skb:" in line or "net_dev_queue:" in line:
+                dev = _field(line, "dev=")
+                addr = _field(line, "skbaddr=")
+                if dev and addr:
+                    last_dev[addr] = dev
+            elif "kfree_skb:" in line:
+                addr = _field(line, "skbaddr=")
+                out.append(Drop(reason=line.rsplit("reason: ", 1)[-1].strip(),
+                                location=_field(line, "location=") or "?",
+                                protocol=int(_field(line, "protocol=") or 0),
+                                skbaddr=addr or "", dev=last_dev.pop(addr, None)))
+        return out
+
+
+def _field(line: str, key: str) -> Optional[str]:
+    """Value after KEY up to the next space in a trace line."""
+    at = line.find(key)
+    if at < 0:
+        return None
+    return line[at + len(key):].split(" ", 1)[0]
+
+
+def summarize(drops: Sequence[Drop], devices: Optional[Sequence[str]] = None) -> Dict[tuple, int]:
+    """Count drops by (reason, symbol, dev), keeping only DEVICES if given."""
+    counts: Dict[tuple, int] = {}
+    for d in drops:
+        if devices is not None and d.dev not in devices:
+            continue
+        key = (d.reason, d.symbol, d.dev)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------
+# demo: several reproduced faults at once
+# --------------------------------------------------------------------------
+
+DEMO_TAP_MAC = "02:b7:00:00:aa:01"
+
+
+@dataclass
+class DemoPlan:
+    """What build_demo() set up, so drive_demo() and tests know what to expect."""
+    faults: Dict[str, str] = field(default_factory=dict)   # fault -> port it shows on
+
+
+def build_demo(lab: Lab) -> DemoPlan:
+    """Turn a Lab with >= 4 hosts into a bridge with five different faults.
+
+    h1 is the talker.  vnet1 (h2) is held in STP listening; vnet2 (h3) has a too-small
+    MTU; an nft rule drops UDP/9999; tap `<prefix>tap0` has a stalled reader; and
+    frames to h1's own MAC sent by h1 come back to the same port.
+    """
+    if len(lab.hosts) < 4:
+        raise LabError("build_demo needs a Lab with hosts >= 4")
+    plan = DemoPlan()
+    # "listening" rather than "blocking": with STP off the kernel only keeps
+    # 0-2 (see set_stp_state); the drop path and reason are the same.
+    lab.set_stp_state(lab.host(2).port, 1)
+    plan.faults["stp_listening"] = lab.host(2).port
+    lab.set_bridge_mtu(1500)
+    lab.set_mtu(lab.bridge_ns, lab.host(3).port, 1000)
+    plan.faults["egress_mtu"] = lab.host(3).port
+    lab.nft_drop("forward", "udp dport 9999")
+    plan.faults["nft_drop"] = lab.host(1).port
+    tap = lab.add_tap(lab.prefix + "tap0", reader="stalled", hold=120.0, txqueuelen=10)
+    lab.add_fdb(DEMO_TAP_MAC, tap.name)
+    plan.faults["tap_stalled"] = tap.name
+    plan.faults["same_port"] = lab.host(1).port
+    plan.faults["mcast_source"] = lab.host(1).port
+    return plan
+
+
+def demo_frames(lab: Lab) -> Dict[str, tuple]:
+    """fault -> (netns, ifname, frame) that triggers it once."""
+    h1, h2, h3, h4 = lab.host(1), lab.host(2), lab.host(3), lab.host(4)
+    return {
+        # STP listening: h2 talks to h4, vnet1 refuses it.
+        "stp_listening": (h2.netns, h2.ifname, ipv4_udp(h4.mac, h2.mac, h2.ip, h4.ip, 4000, 5000)),
+        # Egress MTU: 1400-byte frame to h3, whose bridge port has MTU 1000.
+        "egress_mtu": (h1.netns, h1.ifname,
+                       ipv4_udp(h3.mac, h1.mac, h1.ip, h3.ip, 4000, 5000, frame_len=1400)),
+        # nft: UDP/9999 forwarded h1 -> h4.
+        "nft_drop": (h1.netns, h1.ifname, ipv4_udp(h4.mac, h1.mac, h1.ip, h4.ip, 4000, 9999)),
+        # Stalled tap: frames to the tap's static FDB entry.
+        "tap_stalled": (h1.netns, h1.ifname, ether(DEMO_TAP_MAC, h1.mac, ETH_P_LAB, b"tap")),
+        # Same port: h1 sends to its own (learned) MAC.
+        "same_port": (h1.netns, h1.ifname, ether(h1.mac, h1.mac, ETH_P_LAB, b"hairpin")),
+        # Multicast source MAC.
+        "mcast_source": (h1.netns, h1.ifname,
+                         ether(h4.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"mcast-src")),
+    }
+
+
+def drive_demo(lab: Lab, seconds: float = 10.0, rate: int = 20) -> Dict[str, int]:
+    """Send every demo fault `rate` times a second for `seconds`, all in parallel.
+
+    Bounded: each generator sends exactly seconds*rate frames and is killed
+    if it overruns.  Returns frames sent per fault.  h4 announces itself
+    first so frames to it are forwarded rather than flooded.
+    """
+    h4 = lab.host(4)
+    send_frames(h4.netns, h4.ifname, ether(BROADCAST, h4.mac, ETH_P_LAB, b"hello"), 1)
+    count = max(1, int(seconds * rate))
+    procs = {name: start_sender(netns, ifname, frame, count, 1.0 / rate)
+             for name, (netns, ifname, frame) in demo_frames(lab).items()}
+    sent = {}
+    try:
+        for name, proc in procs.items():
+            sent[name] = wait_sender(proc, timeout=seconds * 2 + 15)
+    finally:
+        for proc in procs.values():
+            _kill_pid(proc)
+    return sent

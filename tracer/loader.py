@@ -1,0 +1,168 @@
+"""Compile and attach brtrace's BPF programs through bcc, specialised for the
+running kernel by -D defines resolved from BTF.
+
+Only this module and tracer/kernel/features.py touch bcc. What the rest of
+brtrace gets back is plain Python: counter snapshots and decoded-ready records.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+from tracer import abi
+from tracer.errors import BrtraceError, KernelFeatureError
+from tracer.kernel.btf import Btf
+from tracer.kernel.headers import bcc_kernel_source
+
+# (define, struct, member path): every kernel memory read the BPF side makes.
+FIELD_DEFINES = (
+    ("SKB_DEV_OFF", "sk_buff", "dev"),
+    ("SKB_HEAD_OFF", "sk_buff", "head"),
+    ("SKB_DATA_OFF", "sk_buff", "data"),
+    ("SKB_LEN_OFF", "sk_buff", "len"),
+    ("SKB_MAC_HEADER_OFF", "sk_buff", "mac_header"),
+    ("SKB_PROTOCOL_OFF", "sk_buff", "protocol"),
+    ("SKB_VLAN_TCI_OFF", "sk_buff", "vlan_tci"),
+    ("DEV_IFINDEX_OFF", "net_device", "ifindex"),
+    ("DEV_ND_NET_OFF", "net_device", "nd_net"),
+    ("NET_NS_INUM_OFF", "net", "ns.inum"),
+)
+
+# (define, raw tracepoint, argument type): positions in ctx->args[].
+ARG_DEFINES = (
+    ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
+    ("ARG_LOCATION", "kfree_skb", "void *"),
+    ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
+)
+
+
+def kernel_defines(btf: Btf) -> dict[str, int]:
+    """Offsets and argument positions for this kernel, from its BTF."""
+    out = {name: btf.field(struct, path).offset for name, struct, path in FIELD_DEFINES}
+    for name, tp, type_name in ARG_DEFINES:
+        out[name] = btf.arg_index(tp, type_name)
+    return out
+
+
+@dataclass(frozen=True)
+class Program:
+    """What to compile: hook-group files from bpf/ and the defines for them."""
+
+    sources: tuple          # e.g. ("drops.bpf.c",)
+    defines: dict           # name -> int
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([a-z_]+\.bpf\.[ch])"\s*$', re.M)
+
+
+def assemble(sources, bpf_dir=abi.BPF_DIR) -> str:
+    """One C text from hook-group files, with our own `*.bpf.h` includes
+    expanded in place (each once). bcc rewrites map calls such as
+    `watch.lookup(&k)` only in the main text, not in #included files, so the
+    shared helpers must be part of it. brtrace.h (plain types) stays an include.
+    """
+    seen: set = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        body = (bpf_dir / name).read_text()
+        return _LOCAL_INCLUDE.sub(lambda m: expand(m.group(1)), body)
+
+    return "\n".join(expand(src) for src in sources)
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - only the loader imports bcc
+    except ImportError as exc:
+        raise KernelFeatureError(
+            "bcc is not importable from this Python",
+            "run scripts/setup (it installs python3-bpfcc and a venv that sees it)") from exc
+    return bcc
+
+
+class Session:
+    """One compiled, attached BPF object. close() detaches everything."""
+
+    def __init__(self, program: Program):
+        headers, self.headers_note = bcc_kernel_source()
+        if headers is not None:
+            os.environ["BCC_KERNEL_SOURCE"] = str(headers)
+        bcc = _import_bcc()
+        text = assemble(program.sources)
+        cflags = [f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"]
+        cflags += [f"-D{k}={v}" for k, v in sorted(program.defines.items())]
+        try:
+            self.bpf = bcc.BPF(text=text, cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile/load/attach failure
+            raise KernelFeatureError(
+                f"could not load BPF program ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                "run `brtrace doctor` to see what this kernel lacks") from exc
+        self._events_open = False
+
+    # -- watch set ------------------------------------------------------------
+    def set_watch(self, flags_by_ifindex: dict[int, int]) -> list[int]:
+        """Make the kernel watch exactly these ifindexes. Returns those that
+        cannot be watched (ifindex >= WATCH_SLOTS)."""
+        table = self.bpf["watch"]
+        slots = abi.CONST["WATCH_SLOTS"]
+        current = getattr(self, "_watched", {})
+        for ifindex in set(current) - set(flags_by_ifindex):
+            table[ctypes.c_int(ifindex)] = ctypes.c_uint32(0)
+        too_big = []
+        for ifindex, flags in flags_by_ifindex.items():
+            if ifindex >= slots:
+                too_big.append(ifindex)
+            elif current.get(ifindex) != flags:
+                table[ctypes.c_int(ifindex)] = ctypes.c_uint32(flags)
+        self._watched = {i: f for i, f in flags_by_ifindex.items() if i < slots}
+        return too_big
+
+    # -- counters -------------------------------------------------------------
+    def drop_counts(self) -> dict[tuple, int]:
+        """(ifindex, reason, location, ethertype) -> frames freed, since load."""
+        out = {}
+        for key, per_cpu in self.bpf["drop_counts"].items():
+            out[(key.ifindex, key.reason, key.location, key.ethertype)] = sum(per_cpu)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        table = self.bpf["stats"]
+        out = {}
+        for name, slot in abi.CONST.items():
+            if name.startswith("STAT_") and name != "STAT_SLOTS":
+                out[name[5:].lower()] = sum(table[ctypes.c_int(slot)])
+        return out
+
+    # -- events ---------------------------------------------------------------
+    def on_events(self, callback) -> None:
+        """Call callback(bytes) for every ring-buffer record."""
+        def _cb(_ctx, data, size):
+            callback(ctypes.string_at(data, size))
+            return 0
+        self._cb = _cb  # bcc keeps only a weak hold on the callback
+        self.bpf["events"].open_ring_buffer(_cb)
+        self._events_open = True
+
+    def poll(self, timeout_ms: int) -> None:
+        if self._events_open:
+            self.bpf.ring_buffer_poll(timeout_ms)
+
+    def close(self) -> None:
+        bpf, self.bpf = getattr(self, "bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Session", "Program", "kernel_defines", "BrtraceError"]

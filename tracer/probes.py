@@ -1,0 +1,90 @@
+"""Declared hooks, each with an ordered list of ways to attach it.
+
+A hook says what it wants to see; its candidates say how, best first. The
+choice is made once from the probed Features and shown by `brtrace doctor`, in
+the output header and as brtrace_probe_attached{probe=...}. A missing optional
+hook is a warning; a missing required one is an error that says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.kernel.features import Features, kernel_symbol_module
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mechanism: str   # "fentry", "kprobe", "raw_tracepoint"
+    target: str      # kernel function or tracepoint
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    purpose: str
+    required: bool
+    candidates: tuple
+
+
+@dataclass(frozen=True)
+class Choice:
+    hook: Hook
+    picked: Candidate | None
+    why: str          # why this candidate (or why none)
+
+
+HOOKS = (
+    Hook("drops", "frames freed on the bridge and its ports, with the kernel's reason",
+         required=True,
+         candidates=(Candidate("raw_tracepoint", "kfree_skb"),)),
+    Hook("forward", "bridge forwarding decisions (ingress port, unicast/flood/local, egress)",
+         required=False,
+         candidates=(Candidate("fentry", "br_forward"),
+                     Candidate("kprobe", "br_forward"),
+                     Candidate("raw_tracepoint", "netif_receive_skb+net_dev_queue",
+                               "reconstructed from ingress/egress tracepoints"))),
+    Hook("fdb", "FDB entries created or moved between ports (MAC flapping)",
+         required=False,
+         candidates=(Candidate("raw_tracepoint", "br_fdb_update"),)),
+    Hook("neigh", "neighbour (ARP/NDP) state changes",
+         required=False,
+         candidates=(Candidate("raw_tracepoint", "neigh_update"),)),
+)
+
+
+def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:
+    """Can candidate `c` attach on this kernel? (yes/no, and the reason)."""
+    if c.mechanism == "raw_tracepoint":
+        missing = [tp for tp in c.target.split("+") if not has_tracepoint(tp)]
+        return (not missing, "available" if not missing else f"no tracepoint {missing[0]}")
+    module = kernel_symbol_module(c.target)
+    if module is None:
+        return False, f"{c.target} not in /proc/kallsyms"
+    if c.mechanism == "fentry":
+        if not f.fentry:
+            return False, "kernel refuses BPF tracing programs (no fentry)"
+        if module:
+            return False, f"{c.target} is in module {module}; bcc cannot fentry module functions"
+        return True, "available"
+    if c.mechanism == "kprobe":
+        return (f.kprobes, "available" if f.kprobes else "kernel has no kprobes")
+    return False, f"unknown mechanism {c.mechanism}"
+
+
+def choose(features: Features, has_tracepoint) -> list[Choice]:
+    """Pick the first usable candidate of every hook."""
+    out = []
+    for hook in HOOKS:
+        reasons = []
+        for cand in hook.candidates:
+            ok, why = usable(cand, features, has_tracepoint)
+            if ok:
+                fallback = f" (fallback: {'; '.join(reasons)})" if reasons else ""
+                out.append(Choice(hook, cand, why + fallback))
+                break
+            reasons.append(f"{cand.mechanism} {cand.target}: {why}")
+        else:
+            out.append(Choice(hook, None, "; ".join(reasons)))
+    return out

@@ -1,0 +1,69 @@
+"""From aggregated drop groups to named, explained rows. Pure.
+
+This is where ifindexes become port names, reason numbers become the running
+kernel's names and addresses become function+offset. Outputs (table, JSON,
+later Prometheus) render these rows and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.aggregate import DropGroup
+from tracer.decode import proto_name
+from tracer.explain import DropContext, explain, stage_of
+
+
+@dataclass(frozen=True)
+class DropRow:
+    bridge: str
+    netns: str
+    port: str
+    reason: str
+    function: str
+    location: str
+    stage: str
+    proto: str             # the most common protocol in this group
+    protos: dict           # protocol name -> frames
+    count: int
+    rate: float
+    explanation: str
+
+    def record(self) -> dict:
+        """The `"kind": "drop"` JSON record."""
+        return {"kind": "drop", "bridge": self.bridge, "netns": self.netns, "port": self.port,
+                "reason": self.reason, "function": self.function, "location": self.location,
+                "stage": self.stage, "proto": self.proto, "protos": self.protos,
+                "count": self.count, "explanation": self.explanation}
+
+
+def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict) -> list:
+    """Rows for `groups`. `names` maps ifindexes of ports that have since left
+    the bridge to their last known name."""
+    rows = []
+    for g in groups:
+        sym = kallsyms.symbolize(g.location)
+        reason = reasons.name(g.reason)
+        ctx = DropContext(group=g, reason=reason, function=sym.name, bridge=bridge, fdb=fdb)
+        port = names.get(g.ifindex) or bridge.port_name(g.ifindex)
+        protos = {}
+        for ethertype, n in g.by_ethertype.most_common():
+            name = proto_name(ethertype)
+            protos[name] = protos.get(name, 0) + n
+        rows.append(DropRow(
+            bridge=bridge.name, netns=bridge.netns.name, port=port, reason=reason,
+            function=sym.name, location=sym.location, stage=stage_of(sym.name),
+            proto=next(iter(protos), ""), protos=protos, count=g.count, rate=g.rate,
+            explanation=explain(ctx)))
+    return rows
+
+
+def sample_record(rec: dict, bridge, reasons, kallsyms, names: dict) -> dict:
+    """A `"kind": "drop_sample"` JSON record for one sampled frame."""
+    sym = kallsyms.symbolize(rec["location"])
+    out = {"kind": "drop_sample", "bridge": bridge.name,
+           "port": names.get(rec["ifindex"]) or bridge.port_name(rec["ifindex"]),
+           "reason": reasons.name(rec["reason"]), "function": sym.name,
+           "location": sym.location}
+    out.update({k: v for k, v in rec.items() if k not in ("ifindex", "reason", "location")})
+    return out

@@ -1,0 +1,109 @@
+"""One tracing run's lifecycle: kernel facts, the bridge, the attached BPF
+programs, the watch set, and a clean exit whatever happens.
+
+Checks that can fail on bad input (root, netns, bridge) run before any BPF is
+loaded; `close()` always detaches everything bcc attached.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+
+from tracer import abi
+from tracer.config import Config
+from tracer.errors import BridgeGone, UsageError
+from tracer.loader import Program, Session, kernel_defines
+from tracer.runtime import Kernel, require_root
+from tracer.topology import Topology, resolve_netns
+
+
+class Stopped(Exception):
+    """SIGTERM (or SIGINT) asked the run to end; the summary is still printed."""
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGTERM and SIGINT into `Stopped` for the duration of a run."""
+    def _raise(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+    old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class BridgeRun:
+    """The kernel side of a view: open() attaches, close() detaches."""
+
+    def __init__(self, cfg: Config, sources: tuple, defines: dict | None = None):
+        self.cfg = cfg
+        self.sources = sources
+        self.extra_defines = defines or {}
+        self.session: Session | None = None
+        self.topo: Topology | None = None
+        self.names: dict = {}          # ifindex -> last known name (ports that left)
+        self.started = time.monotonic()
+
+    def open(self) -> "BridgeRun":
+        require_root()
+        self.netns = resolve_netns(self.cfg.netns)
+        self.topo = Topology(self.netns)
+        self.bridge = self.topo.bridge(self.cfg.bridge)
+        self.kernel = Kernel.open()
+        defines = kernel_defines(self.kernel.btf)
+        defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
+                       RINGBUF_PAGES=64)
+        defines.update(self.extra_defines)
+        self.session = Session(Program(self.sources, defines))
+        self._apply_watch()
+        self.started = time.monotonic()
+        if self.cfg.ready_file:
+            with open(self.cfg.ready_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        return self
+
+    def _apply_watch(self) -> None:
+        flags = {self.bridge.ifindex: abi.CONST["WATCH_BRIDGE"]}
+        flags.update({i: abi.CONST["WATCH_PORT"] for i in self.bridge.ports})
+        self.unwatchable = self.session.set_watch(flags)
+        self.names[self.bridge.ifindex] = self.bridge.name
+        for i, p in self.bridge.ports.items():
+            self.names[i] = p.name
+
+    def refresh(self) -> None:
+        """Follow ports joining or leaving; BridgeGone if the bridge vanished."""
+        try:
+            self.bridge = self.topo.bridge(self.cfg.bridge)
+        except UsageError as exc:
+            raise BridgeGone(f"bridge {self.cfg.bridge} disappeared during the run ({exc.message})",
+                             "the summary above covers the run until then") from exc
+        self._apply_watch()
+
+    def fdb(self) -> list:
+        return self.topo.fdb(self.bridge)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self.topo is not None:
+            self.topo.close()
+            self.topo = None
+
+    def __enter__(self):
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc):
+        self.close()

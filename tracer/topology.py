@@ -1,0 +1,174 @@
+"""The bridge as netlink sees it: its ports, their states, its FDB.
+
+The only module that talks to pyroute2. Everything it returns is plain frozen
+data, so the rest of brtrace (and its unit tests) never needs netlink.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tracer.errors import UsageError
+
+NETNS_DIR = "/run/netns"
+NUD_PERMANENT = 0x80
+
+# IFLA_BRPORT_STATE values (include/uapi/linux/if_bridge.h: BR_STATE_*).
+STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace: its name for humans, its path, and its nsfs inode
+    (what the kernel calls net->ns.inum, which the BPF side compares)."""
+
+    name: str
+    path: str
+    inode: int
+
+
+@dataclass(frozen=True)
+class Port:
+    ifindex: int
+    name: str
+    kind: str          # veth, tun, vxlan, ... ("" for plain devices)
+    mac: str
+    mtu: int
+    operstate: str
+    txqlen: int
+    stp_state: str     # forwarding, blocking, ... (STP_STATES)
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    mac: str
+    ifindex: int       # the port the MAC is learned or installed on
+    vlan: int
+    local: bool        # one of the bridge's own addresses
+
+
+@dataclass(frozen=True)
+class Bridge:
+    ifindex: int
+    name: str
+    mac: str
+    mtu: int
+    netns: Netns
+    ports: dict = field(default_factory=dict)   # ifindex -> Port
+
+    def port_name(self, ifindex: int) -> str:
+        if ifindex == self.ifindex:
+            return self.name
+        port = self.ports.get(ifindex)
+        return port.name if port else f"ifindex {ifindex}"
+
+
+def resolve_netns(name: str | None) -> Netns:
+    """`None` is brtrace's own namespace; a bare name is one of `ip netns`'s;
+    a path is taken as is (e.g. /proc/PID/ns/net)."""
+    if name is None:
+        path = "/proc/self/ns/net"
+    elif "/" in name:
+        path = name
+    else:
+        path = os.path.join(NETNS_DIR, name)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise UsageError(f"network namespace {name!r} not found",
+                         "list them with `ip netns list`, or pass a path like /proc/PID/ns/net")
+    own = os.stat("/proc/self/ns/net")
+    if st.st_dev != own.st_dev:  # every namespace file lives on nsfs
+        raise UsageError(f"{path} is not a network namespace",
+                         "pass a name from `ip netns list` or /proc/PID/ns/net")
+    return Netns(name or "", path, st.st_ino)
+
+
+class Topology:
+    """A netlink session inside one namespace."""
+
+    def __init__(self, netns: Netns):
+        self.netns = netns
+        try:
+            self._ipr = IPRoute(netns=netns.path) if netns.name else IPRoute()
+        except (OSError, NetlinkError) as exc:
+            raise UsageError(f"cannot enter network namespace {netns.name!r}: {exc}",
+                             "run as root; check `ip netns list`") from exc
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def bridge(self, name: str) -> Bridge:
+        """The bridge `name` with its current ports; UsageError if it is missing
+        or is not a bridge."""
+        where = f" in netns {self.netns.name}" if self.netns.name else ""
+        if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+            raise UsageError(f"{name!r} is not a valid interface name",
+                             "interface names are 1-15 characters without '/' or spaces")
+        links = self._ipr.get_links()
+        by_name = {link.get("IFLA_IFNAME"): link for link in links}
+        link = by_name.get(name)
+        if link is None:
+            raise UsageError(f"no device {name!r}{where}",
+                             "list bridges with `ip -br link show type bridge`"
+                             + (" in that namespace" if where else "; use --netns if it lives in another namespace"))
+        if _kind(link) != "bridge":
+            master = link.get("IFLA_MASTER")
+            master_name = next((l.get("IFLA_IFNAME") for l in links if l["index"] == master), None)
+            hint = (f"it is a port of {master_name}: use --bridge {master_name}" if master_name
+                    else "list bridges with `ip -br link show type bridge`")
+            raise UsageError(f"{name!r}{where} is a {_kind(link) or 'plain'} device, not a bridge",
+                             hint)
+        ifindex = link["index"]
+        states = self._stp_states()
+        ports = {}
+        for l in links:
+            if l.get("IFLA_MASTER") == ifindex:
+                ports[l["index"]] = Port(
+                    ifindex=l["index"], name=l.get("IFLA_IFNAME"), kind=_kind(l),
+                    mac=l.get("IFLA_ADDRESS") or "", mtu=l.get("IFLA_MTU") or 0,
+                    operstate=l.get("IFLA_OPERSTATE") or "", txqlen=l.get("IFLA_TXQLEN") or 0,
+                    stp_state=STP_STATES.get(states.get(l["index"], -1), "unknown"))
+        return Bridge(ifindex=ifindex, name=name, mac=link.get("IFLA_ADDRESS") or "",
+                      mtu=link.get("IFLA_MTU") or 0, netns=self.netns, ports=ports)
+
+    def _stp_states(self) -> dict[int, int]:
+        out = {}
+        for l in self._ipr.get_links(family=socket.AF_BRIDGE):
+            info = l.get("IFLA_PROTINFO")
+            if info is not None and info.get("IFLA_BRPORT_STATE") is not None:
+                out[l["index"]] = info.get("IFLA_BRPORT_STATE")
+        return out
+
+    def fdb(self, bridge: Bridge) -> list[FdbEntry]:
+        """The bridge's forwarding database (entries mastered by the bridge)."""
+        out = []
+        try:
+            entries = list(self._ipr.fdb("dump"))
+        except NetlinkError:
+            return out  # the bridge went away mid-dump; callers treat it as empty
+        for e in entries:
+            if e.get("NDA_MASTER") != bridge.ifindex and e["ifindex"] != bridge.ifindex:
+                continue
+            if e.get("NDA_MASTER") is None and e["ifindex"] == bridge.ifindex:
+                continue  # the bridge device's own multicast list, not the FDB
+            out.append(FdbEntry(mac=(e.get("NDA_LLADDR") or "").lower(), ifindex=e["ifindex"],
+                                vlan=e.get("NDA_VLAN") or 0,
+                                local=bool(e["state"] & NUD_PERMANENT)))
+        return out
+
+
+def _kind(link) -> str:
+    info = link.get("IFLA_LINKINFO")
+    return (info.get("IFLA_INFO_KIND") or "") if info is not None else ""
