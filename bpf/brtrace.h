@@ -55,7 +55,7 @@ struct drop_event {
 	__u16 pad0;
 	__u32 ifindex;
 	__u32 reason;
-	__u32 skb_len;
+	__u32 wire_len;   /* bytes from the MAC header to the end of the frame */
 	__u32 pad1;
 	__u64 ts_ns;      /* bpf_ktime_get_ns() */
 	__u64 location;

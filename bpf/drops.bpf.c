@@ -70,11 +70,11 @@ static __always_inline void sample(const void *skb, struct drop_key *key, __u64 
 	const void *data = (const void *)read_u64(skb + SKB_DATA_OFF);
 	__u16 mac = read_u16(skb + SKB_MAC_HEADER_OFF);
 	const void *start = mac != 0xffff ? head + mac : data;
-	__u32 len = read_u32(skb + SKB_LEN_OFF);
-	ev->skb_len = len;
-	/* Bytes from the MAC header to the end of the linear data we may read. */
-	__u64 avail = (__u64)(data - start) + len;
-	__u32 n = avail < FRAME_BYTES ? (__u32)avail : FRAME_BYTES;
+	/* The frame's size from its MAC header on: skb->len counts from data,
+	 * which is past the MAC header once the stack has pulled it. */
+	__u64 wire = (__u64)(data - start) + read_u32(skb + SKB_LEN_OFF);
+	ev->wire_len = (__u32)wire;
+	__u32 n = wire < FRAME_BYTES ? (__u32)wire : FRAME_BYTES;
 	ev->frame_len = n;
 	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
 		ev->frame_len = 0;

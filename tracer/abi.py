@@ -48,7 +48,7 @@ class DropEvent(ctypes.Structure):
         ("pad0", ctypes.c_uint16),
         ("ifindex", ctypes.c_uint32),
         ("reason", ctypes.c_uint32),
-        ("skb_len", ctypes.c_uint32),
+        ("wire_len", ctypes.c_uint32),
         ("pad1", ctypes.c_uint32),
         ("ts_ns", ctypes.c_uint64),
         ("location", ctypes.c_uint64),

@@ -110,7 +110,7 @@ def parse_drop_event(raw: bytes) -> dict:
     ev = DropEvent.from_buffer_copy(raw[:ctypes.sizeof(DropEvent)])
     frame = bytes(ev.frame[:ev.frame_len])
     rec = {"ts_ns": ev.ts_ns, "ifindex": ev.ifindex, "reason": ev.reason,
-           "location": ev.location, "skb_len": ev.skb_len, "ethertype": ev.ethertype}
+           "location": ev.location, "wire_len": ev.wire_len, "ethertype": ev.ethertype}
     rec.update(decode_frame(frame, ev.vlan_tci))
     # skb->protocol is what the kernel decided; prefer it when the frame is cut short
     rec.setdefault("proto", proto_name(ev.ethertype))

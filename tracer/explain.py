@@ -23,6 +23,7 @@ STAGES = (
     ("br_flood", "bridge flooding"),
     ("br_dev_queue_push_xmit", "bridge egress"),
     ("br_pass_frame_up", "bridge local delivery"),
+    ("br_nf_dev_queue_xmit", "bridge egress"),
     ("br_nf", "bridge netfilter"),
     ("br_", "bridge"),
     ("nf_hook_slow", "netfilter"),
@@ -68,22 +69,39 @@ class DropContext:
         return Counter(s[field] for s in self.group.samples if field in s)
 
 
-def _same_port(ctx: DropContext) -> str:
-    """br_forward() will not send a unicast frame out of the port it came in on
-    (should_deliver() checks the FDB's port against the ingress port); the frame
-    is then freed by br_handle_frame_finish()."""
+def _undeliverable_unicast(ctx: DropContext) -> str:
+    """br_forward() sends a known unicast frame only to the FDB's port, and only
+    if should_deliver() agrees: not back out of the ingress port, and not to a
+    port that is not forwarding (STP state, or a tap with no reader: NO-CARRIER).
+    Otherwise the frame is freed; the free shows as br_handle_frame_finish()
+    because br_forward() is a tail call there."""
+    if not ctx.function.startswith(("br_handle_frame_finish", "br_forward")):
+        return ""
     learned = {e.mac: e for e in ctx.fdb if isinstance(e, FdbEntry) and not e.local}
-    hits = Counter()
+    same, stuck = Counter(), Counter()
     for s in ctx.group.samples:
         dst = s.get("dst_mac")
-        if dst and not is_multicast(dst) and dst in learned and learned[dst].ifindex == ctx.group.ifindex:
-            hits[dst] += 1
-    if not hits:
-        return ""
-    mac, _n = hits.most_common(1)[0]
-    return (f"the bridge will not send a frame back out of the port it came in on: "
-            f"{mac} is learned on {ctx.port_name}, the ingress port (check for a looped "
-            f"or reflecting device behind {ctx.port_name})")
+        entry = learned.get(dst) if dst and not is_multicast(dst) else None
+        if entry is None:
+            continue
+        if entry.ifindex == ctx.group.ifindex:
+            same[dst] += 1
+        else:
+            port = ctx.bridge.ports.get(entry.ifindex)
+            if port and (port.stp_state != "forwarding" or port.operstate.lower() != "up"):
+                stuck[(dst, port.name, port.stp_state, port.operstate)] += 1
+    if same and sum(same.values()) >= sum(stuck.values()):
+        mac = same.most_common(1)[0][0]
+        return (f"the bridge will not send a frame back out of the port it came in on: "
+                f"{mac} is learned on {ctx.port_name}, the ingress port (look for a "
+                f"looped or reflecting device behind {ctx.port_name})")
+    if stuck:
+        mac, name, stp, oper = stuck.most_common(1)[0][0]
+        why = f"STP state {stp}" if stp != "forwarding" else f"link {oper.lower()}"
+        tap = " (a tap with no reader: its VM or VPN process is gone)" if oper.lower() != "up" else ""
+        return (f"destination {mac} is learned on {name}, which is not forwarding "
+                f"({why}){tap}: the bridge cannot deliver to it")
+    return ""
 
 
 def _stp(ctx: DropContext) -> str:
@@ -126,10 +144,17 @@ def _tap_no_reader(ctx: DropContext) -> str:
     return f"no process has tap {ctx.port_name} open (its VM or VPN daemon is gone or detached)"
 
 
+# Where an oversized frame is freed: br_dev_queue_push_xmit() (is_skb_forwardable()
+# on the egress port), br_nf_dev_queue_xmit() when br_netfilter is loaded, and
+# __dev_forward_skb*() on a veth whose peer has the smaller MTU.
+MTU_FUNCTIONS = ("br_dev_queue_push_xmit", "br_nf_dev_queue_xmit", "__dev_forward_skb")
+
+
 def _mtu(ctx: DropContext) -> str:
-    if ctx.reason != "PKT_TOO_BIG" and not ctx.function.startswith("br_dev_queue_push_xmit"):
+    if ctx.reason != "PKT_TOO_BIG" and not (
+            ctx.reason == "NOT_SPECIFIED" and ctx.function.startswith(MTU_FUNCTIONS)):
         return ""
-    lens = [s["skb_len"] for s in ctx.group.samples if "skb_len" in s]
+    lens = [s["wire_len"] for s in ctx.group.samples if "wire_len" in s]
     size = f"{max(lens)}-byte " if lens else ""
     mtu = f" (MTU {ctx.port.mtu})" if ctx.port else ""
     return (f"{size}frames are larger than {ctx.port_name} can carry{mtu}: "
@@ -143,7 +168,16 @@ def _own_mac(ctx: DropContext) -> str:
             f"something behind {ctx.port_name} reflects the bridge's frames back")
 
 
-RULES = (_stp, _invalid_source, _netfilter, _tap_no_reader, _tap_full, _own_mac, _mtu, _same_port)
+def _unhandled_on_bridge(ctx: DropContext) -> str:
+    if ctx.reason != "UNHANDLED_PROTO" or ctx.group.ifindex != ctx.bridge.ifindex:
+        return ""
+    return (f"frames flooded or sent to {ctx.bridge.name} itself carry a protocol this host "
+            f"does not speak; harmless when the bridge only switches")
+
+
+RULES = (_stp, _invalid_source, _netfilter, _tap_no_reader, _tap_full, _own_mac, _mtu,
+         _unhandled_on_bridge,
+         _undeliverable_unicast)
 
 
 def explain(ctx: DropContext) -> str:

@@ -813,7 +813,7 @@ def build_demo(lab: Lab) -> DemoPlan:
     plan.faults["stp_listening"] = lab.host(2).port
     lab.set_bridge_mtu(1500)
     lab.set_mtu(lab.bridge_ns, lab.host(3).port, 1000)
-    plan.faults["egress_mtu"] = lab.host(3).port
+    plan.faults["egress_mtu_ipv4_df"] = lab.host(3).port
     lab.nft_drop("forward", "udp dport 9999")
     plan.faults["nft_drop"] = lab.host(1).port
     tap = lab.add_tap(lab.prefix + "tap0", reader="stalled", hold=120.0, txqueuelen=10)
@@ -831,7 +831,7 @@ def demo_frames(lab: Lab) -> Dict[str, tuple]:
         # STP listening: h2 talks to h4, vnet1 refuses it.
         "stp_listening": (h2.netns, h2.ifname, ipv4_udp(h4.mac, h2.mac, h2.ip, h4.ip, 4000, 5000)),
         # Egress MTU: 1400-byte frame to h3, whose bridge port has MTU 1000.
-        "egress_mtu": (h1.netns, h1.ifname,
+        "egress_mtu_ipv4_df": (h1.netns, h1.ifname,
                        ipv4_udp(h3.mac, h1.mac, h1.ip, h3.ip, 4000, 5000, frame_len=1400)),
         # nft: UDP/9999 forwarded h1 -> h4.
         "nft_drop": (h1.netns, h1.ifname, ipv4_udp(h4.mac, h1.mac, h1.ip, h4.ip, 4000, 9999)),
@@ -849,11 +849,12 @@ def drive_demo(lab: Lab, seconds: float = 10.0, rate: int = 20) -> Dict[str, int
     """Send every demo fault `rate` times a second for `seconds`, all in parallel.
 
     Bounded: each generator sends exactly seconds*rate frames and is killed
-    if it overruns.  Returns frames sent per fault.  h4 announces itself
-    first so frames to it are forwarded rather than flooded.
+    if it overruns.  Returns frames sent per fault.  h3 and h4 announce
+    themselves first (one broadcast each, which also lands in the stalled
+    tap's ring), so frames to them are forwarded rather than flooded.
     """
-    h4 = lab.host(4)
-    send_frames(h4.netns, h4.ifname, ether(BROADCAST, h4.mac, ETH_P_LAB, b"hello"), 1)
+    for h in (lab.host(3), lab.host(4)):   # one broadcast each: the bridge learns them
+        send_frames(h.netns, h.ifname, ether(BROADCAST, h.mac, ETH_P_LAB, b"hello"), 1)
     count = max(1, int(seconds * rate))
     procs = {name: start_sender(netns, ifname, frame, count, 1.0 / rate)
              for name, (netns, ifname, frame) in demo_frames(lab).items()}

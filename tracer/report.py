@@ -37,14 +37,22 @@ class DropRow:
                 "count": self.count, "explanation": self.explanation}
 
 
+def base_function(symbol: str) -> str:
+    """The C function behind a symbol: `__netif_receive_skb_core.constprop.0`
+    is `__netif_receive_skb_core` (the compiler's clone suffixes vary by build;
+    the location keeps the exact symbol)."""
+    return symbol.split(".", 1)[0]
+
+
 def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict) -> list:
     """Rows for `groups`. `names` maps ifindexes of ports that have since left
     the bridge to their last known name."""
     rows = []
     for g in groups:
         sym = kallsyms.symbolize(g.location)
+        function = base_function(sym.name)
         reason = reasons.name(g.reason)
-        ctx = DropContext(group=g, reason=reason, function=sym.name, bridge=bridge, fdb=fdb)
+        ctx = DropContext(group=g, reason=reason, function=function, bridge=bridge, fdb=fdb)
         port = names.get(g.ifindex) or bridge.port_name(g.ifindex)
         protos = {}
         for ethertype, n in g.by_ethertype.most_common():
@@ -52,7 +60,7 @@ def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict) -> list
             protos[name] = protos.get(name, 0) + n
         rows.append(DropRow(
             bridge=bridge.name, netns=bridge.netns.name, port=port, reason=reason,
-            function=sym.name, location=sym.location, stage=stage_of(sym.name),
+            function=function, location=sym.location, stage=stage_of(function),
             proto=next(iter(protos), ""), protos=protos, count=g.count, rate=g.rate,
             explanation=explain(ctx)))
     return rows
@@ -63,7 +71,7 @@ def sample_record(rec: dict, bridge, reasons, kallsyms, names: dict) -> dict:
     sym = kallsyms.symbolize(rec["location"])
     out = {"kind": "drop_sample", "bridge": bridge.name,
            "port": names.get(rec["ifindex"]) or bridge.port_name(rec["ifindex"]),
-           "reason": reasons.name(rec["reason"]), "function": sym.name,
+           "reason": reasons.name(rec["reason"]), "function": base_function(sym.name),
            "location": sym.location}
     out.update({k: v for k, v in rec.items() if k not in ("ifindex", "reason", "location")})
     return out

@@ -62,7 +62,7 @@ def test_proto_names():
 
 def test_parse_drop_event_roundtrip():
     ev = abi.DropEvent(kind=abi.CONST["EVENT_DROP"], ifindex=7, reason=119,
-                       location=0xFFFFFFFF82159290, skb_len=42, ethertype=0x0806, ts_ns=5)
+                       location=0xFFFFFFFF82159290, wire_len=42, ethertype=0x0806, ts_ns=5)
     frame = arp_request(VM, [10, 0, 0, 2], [10, 0, 0, 1])
     ev.frame_len = len(frame)
     ctypes.memmove(ev.frame, frame, len(frame))

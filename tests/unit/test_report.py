@@ -90,7 +90,7 @@ def test_table_fits_80_columns_and_numbers_notes():
     rows = list(rows_for({(4, stp, HANDLE, 0x0806): 3, (5, full, TUN, 0x0800): 40}).values())
     lines = drops_table(sorted(rows, key=lambda r: -r.count), width=80)
     assert all(len(line) <= 80 for line in lines), lines
-    assert lines[0].split() == ["PORT", "REASON", "LOCATION", "PROTO", "COUNT", "/s"]
+    assert lines[0].split() == ["PORT", "REASON", "FUNCTION", "PROTO", "COUNT", "/s"]
     assert lines[2].split()[0] == "t3o" and lines[2].split()[-2] == "40"
     assert any(line.startswith("[1] ") for line in lines)
     assert any(line.startswith("[2] ") for line in lines)
@@ -98,3 +98,40 @@ def test_table_fits_80_columns_and_numbers_notes():
 
 def test_empty_table_says_so():
     assert drops_table([]) == ["no drops on the bridge or its ports"]
+
+
+def test_unicast_to_a_port_that_is_not_forwarding():
+    """A tap without a reader is NO-CARRIER: frames for MACs behind it are freed."""
+    nspec = REASONS.value("NOT_SPECIFIED")
+    down = Port(7, "vnet7", "tun", "02:00:00:00:00:07", 1500, "DOWN", 1000, "disabled")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 7: down})
+    fdb = [FdbEntry("02:dd:00:00:00:07", 7, 0, False)]
+    s = DropState()
+    s.add_sample({"ifindex": 3, "reason": nspec, "location": FINISH, "dst_mac": "02:dd:00:00:00:07"})
+    s.fold_counts({(3, nspec, FINISH, 0x0800): 5}, 1.0)
+    (row,) = drop_rows(s.groups(), bridge, fdb, REASONS, KALLSYMS, {})
+    assert "02:dd:00:00:00:07 is learned on vnet7, which is not forwarding" in row.explanation
+    assert "no reader" in row.explanation
+
+
+def test_egress_mtu_not_specified_at_push_xmit():
+    """On 6.18 the egress MTU free carries NOT_SPECIFIED; the function is the clue."""
+    nspec = REASONS.value("NOT_SPECIFIED")
+    rows = rows_for({(6, nspec, PUSH, 0x88B5): 4},
+                    [{"ifindex": 6, "reason": nspec, "location": PUSH, "wire_len": 1400}])
+    r = rows[("vnet2", "NOT_SPECIFIED")]
+    assert r.stage == "bridge egress"
+    assert "1400-byte frames are larger than vnet2 can carry (MTU 1000)" in r.explanation
+
+
+def test_wide_table_shows_offsets_and_clone_suffixes_are_stripped():
+    ks = Kallsyms.parse("ffffffff82160000 t __netif_receive_skb_core.constprop.0\n")
+    s = DropState()
+    s.fold_counts({(2, REASONS.value("UNHANDLED_PROTO"), 0xFFFFFFFF82160010, 0x88B5): 2}, 1.0)
+    (row,) = drop_rows(s.groups(), BRIDGE, FDB, REASONS, ks, {})
+    assert row.function == "__netif_receive_skb_core" and row.port == "br-int"
+    assert row.location == "__netif_receive_skb_core.constprop.0+0x10"
+    assert "harmless" in row.explanation
+    wide = drops_table([row], width=120)
+    assert wide[0].split()[2] == "LOCATION" and "constprop.0+0x10" in wide[2]
+    assert all(len(line) <= 80 for line in drops_table([row], width=80))

@@ -14,15 +14,20 @@ def _cut(text: str, n: int) -> str:
 def drops_table(rows: list, width: int = 80, rates: bool = True) -> list[str]:
     """A table of drop rows (most first) plus numbered explanations beneath.
 
-    Columns: port, reason, location (function+offset), proto, count, rate.
-    Long names are cut with '~' so that the table never exceeds `width`.
+    Columns: port, reason, function, proto, count (and rate). At 80 columns the
+    function is shown without its offset (JSON always has the full location);
+    from 100 columns on, function+offset. Long names are cut with '~' so the
+    table never exceeds `width`.
     """
     if not rows:
         return ["no drops on the bridge or its ports"]
-    # Fixed columns take ~34 characters with separators; the rest is shared by
-    # reason and location, which carry the most text.
-    flexible = max(20, width - 36)
-    reason_w, loc_w = flexible * 2 // 5, flexible - flexible * 2 // 5
+    wide = width >= 100
+    port_w = max(4, min(15, max(len(r.port) for r in rows)))   # IFNAMSIZ-1 at most
+    fixed = port_w + 6 + 7 + (7 if rates else 0)      # port, proto, count, rate
+    seps = 2 * (5 if rates else 4)
+    flexible = max(30, width - fixed - seps)
+    reason_w = min(27, flexible // 2)                  # 24-char reasons + "[n]"
+    where_w = flexible - reason_w
     notes: list[str] = []
     body = []
     for row in rows:
@@ -31,12 +36,14 @@ def drops_table(rows: list, width: int = 80, rates: bool = True) -> list[str]:
             if row.explanation not in notes:
                 notes.append(row.explanation)
             mark = f"[{notes.index(row.explanation) + 1}]"
-        line = [_cut(row.port, 10), _cut(row.reason, reason_w - len(mark)) + mark,
-                _cut(row.location, loc_w), _cut(row.proto, 5), row.count]
+        where = row.location if wide else row.function
+        line = [_cut(row.port, port_w), _cut(row.reason, reason_w - len(mark)) + mark,
+                _cut(where, where_w), _cut(row.proto, 6), row.count]
         if rates:
             line.append(f"{row.rate:.1f}")
         body.append(line)
-    headers = ["PORT", "REASON", "LOCATION", "PROTO", "COUNT"] + (["/s"] if rates else [])
+    headers = ["PORT", "REASON", "LOCATION" if wide else "FUNCTION", "PROTO", "COUNT"]
+    headers += ["/s"] if rates else []
     out = tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True,
                    colalign=("left", "left", "left", "left", "right") + (("right",) if rates else ())
                    ).splitlines()

@@ -1,0 +1,79 @@
+"""Bad input, signals and a vanishing bridge: one-line errors, clean detach."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tracer.lab import ETH_P_LAB, ether, send_frames
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def our_progs() -> set:
+    """IDs of loaded raw-tracepoint programs on kfree_skb (bcc names a
+    RAW_TRACEPOINT_PROBE program after its tracepoint)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], check=True, capture_output=True, text=True).stdout
+    return {p["id"] for p in json.loads(out)
+            if p.get("type") == "raw_tracepoint" and p.get("name") == "kfree_skb"}
+
+
+def brtrace(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "tracer.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--bridge", "nosuchbr0"), "no device 'nosuchbr0'"),
+    (("--bridge", "vnet0"), "is a veth device, not a bridge; it is a port of br-int: use --bridge br-int"),
+    (("--bridge", "br-int", "--netns", "brti-no-such-ns"), "network namespace 'brti-no-such-ns' not found"),
+    (("--bridge", "br-int", "--netns", "/etc/hostname"), "is not a network namespace"),
+    (("--bridge", "x" * 40), "is not a valid interface name"),
+])
+def test_bad_bridge_or_netns_is_one_line(lab, args, needle):
+    args = list(args)
+    if "--netns" not in args:
+        args += ["--netns", lab.bridge_ns]
+    r = brtrace("drops", *args, "--duration", "1")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+
+
+def test_sigterm_prints_summary_and_detaches(lab, tracer_factory):
+    before = our_progs()
+    t = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "120")
+    assert our_progs() - before, "brtrace attached no program"
+    h1, h2 = lab.host(1), lab.host(2)
+    send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 5)
+    t.stop(sig=signal.SIGINT)
+    assert t.proc.returncode == 0
+    assert t.count(reason="MAC_INVALID_SOURCE") == 5
+    assert len(t.kind("summary")) == 1
+    assert not (our_progs() - before), "BPF programs left behind"
+
+
+def test_bridge_vanishing_mid_run(lab, tracer_factory):
+    before = our_progs()
+    t = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns,
+                       "--interval", "0.3", "--duration", "120")
+    h1, h2 = lab.host(1), lab.host(2)
+    send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 4)
+    time.sleep(0.5)
+    lab.ip(lab.bridge_ns, "link", "del", lab.bridge)
+    out, err = t.proc.communicate(timeout=30)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert t.proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith(f"brtrace: error: bridge {lab.bridge} disappeared")
+    assert "Traceback" not in err
+    drops = [r for r in records if r["kind"] == "drop"]
+    assert [(d["port"], d["reason"], d["count"]) for d in drops] == [(h1.port, "MAC_INVALID_SOURCE", 4)]
+    assert records[-1]["kind"] == "summary"
+    assert not (our_progs() - before)
