@@ -77,3 +77,36 @@ def test_bridge_vanishing_mid_run(lab, tracer_factory):
     assert [(d["port"], d["reason"], d["count"]) for d in drops] == [(h1.port, "MAC_INVALID_SOURCE", 4)]
     assert records[-1]["kind"] == "summary"
     assert not (our_progs() - before)
+
+
+def _fake_missing_bcc(tmp_path):
+    """A `bcc` package that fails to import, first on the path: what a Python
+    without python3-bpfcc looks like to brtrace."""
+    pkg = tmp_path / "nobcc" / "bcc"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('No module named bcc')\n")
+    return str(tmp_path / "nobcc")
+
+
+@pytest.mark.parametrize("env_name, needle", [
+    ("BRTRACE_BTF", "no BTF at /nonexistent/vmlinux"),
+    ("PYTHONPATH", "bcc is not importable from this Python; run scripts/setup"),
+])
+def test_missing_kernel_pieces_are_one_line(lab, tmp_path, env_name, needle):
+    import os
+    value = "/nonexistent/vmlinux" if env_name == "BRTRACE_BTF" else _fake_missing_bcc(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "tracer.cli", "drops", "--bridge", lab.bridge,
+                        "--netns", lab.bridge_ns, "--duration", "1"], cwd=REPO, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, env_name: value})
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+
+
+def test_without_tracefs_reason_names_come_from_btf(lab, tracer_factory, monkeypatch):
+    monkeypatch.setenv("BRTRACE_TRACEFS", "/nonexistent")
+    t = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "60")
+    h1, h2 = lab.host(1), lab.host(2)
+    send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 6)
+    t.stop()
+    assert t.count(reason="MAC_INVALID_SOURCE") == 6
+    assert "tracefs is not mounted: drop-reason names come from BTF" in t.stderr
