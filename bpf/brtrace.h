@@ -15,6 +15,9 @@
 
 /* Record kinds in the `events` ring buffer (first byte of every record). */
 #define EVENT_DROP 1
+#define EVENT_FDB 2       /* an FDB entry was created or moved (struct fdb_event) */
+#define EVENT_ECHO 3      /* a frame entered a port with one of the bridge's MACs as source */
+#define EVENT_LOOP 4      /* a flooded frame came back into the bridge (struct frame_event) */
 
 /* Slots of the per-CPU `stats` array: brtrace's own health counters. */
 #define STAT_EVENTS_SENT 0        /* records written to the ring buffer */
@@ -22,6 +25,7 @@
 #define STAT_EVENTS_RATE_LIMITED 2 /* over the in-kernel per-CPU rate limit */
 #define STAT_DROP_KEYS_FULL 3     /* drop_counts hash full: drop not counted by key */
 #define STAT_DROPS_SEEN 4         /* every watched kfree_skb, keyed or not */
+#define STAT_FDB_KEYS_FULL 5      /* fdb_moves LRU evicted or refused an entry */
 #define STAT_SLOTS 8
 
 /* Bytes of the frame copied into a sampled record, from the MAC header on:
@@ -34,6 +38,34 @@
 #define WATCH_SLOTS 65536
 #define WATCH_PORT 1
 #define WATCH_BRIDGE 2
+/* A watch value is flags | (port slot << WATCH_SLOT_SHIFT). Slots number the
+ * bridge (0) and its ports (1..MAX_PORTS-1) densely for the per-port arrays. */
+#define WATCH_SLOT_SHIFT 8
+#define MAX_PORTS 128
+
+/* Slots of a port's counters in `port_counters` (per-CPU array indexed by
+ * slot * PORT_COUNTERS + counter). Monotonic, never cleared. */
+#define PC_RX_PACKETS 0
+#define PC_RX_BYTES 1
+#define PC_TX_PACKETS 2
+#define PC_TX_BYTES 3
+#define PC_RX_BROADCAST 4
+#define PC_RX_MULTICAST 5
+#define PC_RX_ARP 6
+#define PC_ECHOES 7        /* frames in with one of the bridge's own MACs as source */
+#define PC_RETURNS 8       /* flooded frames that came back in through a port they left by */
+#define PC_REENTRIES 9     /* flooded frames that came back in through another port */
+#define PC_ARP_DUPLICATES 10 /* ARP frames among returns + reentries */
+#define PC_FDB_LEARNED 11  /* FDB entries created on or moved to this port */
+#define PORT_COUNTERS 16
+
+/* A flooded frame seen again within this window (ns) counts as looping: loops
+ * return in micro- to milliseconds, ARP retransmits come a second apart. */
+#define LOOP_WINDOW_NS 200000000ULL
+/* Bytes of a frame that make its fingerprint. */
+#define FINGERPRINT_BYTES 64
+#define FLOOD_KEYS_MAX 16384
+#define FDB_KEYS_MAX 16384
 
 /* Size of the drop_counts hash: distinct (port, reason, location, ethertype). */
 #define DROP_KEYS_MAX 16384
@@ -59,6 +91,40 @@ struct drop_event {
 	__u32 pad1;
 	__u64 ts_ns;      /* bpf_ktime_get_ns() */
 	__u64 location;
+	__u8 frame[FRAME_BYTES];
+};
+
+struct fdb_key {
+	__u8 mac[6];
+	__u16 vlan;
+};
+
+struct fdb_move {
+	__u64 count;      /* creations + moves seen for this MAC */
+	__u64 last_ns;
+	__u32 slot;       /* port it is on now */
+	__u32 prev_slot;  /* port it was on before (0: none seen) */
+};
+
+struct fdb_event {
+	__u8 kind;        /* EVENT_FDB */
+	__u8 pad0;
+	__u16 vlan;
+	__u8 mac[6];
+	__u16 pad1;
+	__u32 ifindex;    /* port it was learned on */
+	__u32 pad2;
+	__u64 ts_ns;
+};
+
+struct frame_event {
+	__u8 kind;        /* EVENT_ECHO or EVENT_LOOP */
+	__u8 frame_len;
+	__u16 how;        /* EVENT_LOOP: 1 returned via a port it left by, 2 via another port */
+	__u32 ifindex;    /* ingress port */
+	__u32 wire_len;
+	__u32 first_ifindex; /* EVENT_LOOP: where the frame first entered (0: the bridge itself) */
+	__u64 ts_ns;
 	__u8 frame[FRAME_BYTES];
 };
 

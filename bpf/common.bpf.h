@@ -17,6 +17,32 @@ BPF_ARRAY(watch, __u32, WATCH_SLOTS);
 /* brtrace's own health counters (STAT_*), never cleared. */
 BPF_PERCPU_ARRAY(stats, __u64, STAT_SLOTS);
 
+/* Per-packet records for every hook group; each kind has its own per-CPU
+ * rate limit (EVENTS_PER_SEC), and what does not fit is counted in `stats`. */
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+struct rate_window {
+	__u64 start_ns;
+	__u64 sent;
+};
+/* One window per record kind and CPU, so the limiter takes no lock. */
+BPF_PERCPU_ARRAY(rate_state, struct rate_window, 8);
+
+static __always_inline int rate_allow(int kind, __u64 now)
+{
+	struct rate_window *w = rate_state.lookup(&kind);
+	if (!w)
+		return 0;
+	if (now - w->start_ns >= 1000000000ULL) {
+		w->start_ns = now;
+		w->sent = 0;
+	}
+	if (w->sent >= EVENTS_PER_SEC)
+		return 0;
+	w->sent++;
+	return 1;
+}
+
 static __always_inline void stat_inc(int slot)
 {
 	__u64 *v = stats.lookup(&slot);
@@ -46,25 +72,46 @@ static __always_inline __u16 read_u16(const void *addr)
 }
 
 /*
- * Is `dev` the watched bridge or one of its ports? Returns its ifindex, or 0.
+ * Is `dev` the watched bridge or one of its ports? Returns its watch value
+ * (WATCH_* flags | slot << WATCH_SLOT_SHIFT) and its ifindex, or 0.
  * The ifindex lookup comes first because it rejects almost every packet on a
  * busy host with one array access; the namespace check then rules out devices
  * of the same ifindex in other namespaces (ifindexes are per namespace).
  */
-static __always_inline __u32 watched_ifindex(const void *dev)
+static __always_inline __u32 watched(const void *dev, __u32 *ifindex_out)
 {
 	if (!dev)
 		return 0;
 	__u32 ifindex = read_u32(dev + DEV_IFINDEX_OFF);
 	if (ifindex >= WATCH_SLOTS)
 		return 0;
-	__u32 *flags = watch.lookup(&ifindex);
-	if (!flags || !*flags)
+	__u32 *value = watch.lookup(&ifindex);
+	if (!value || !*value)
 		return 0;
 	const void *net = (const void *)read_u64(dev + DEV_ND_NET_OFF);
 	if (!net || read_u32(net + NET_NS_INUM_OFF) != NETNS_INUM)
 		return 0;
-	return ifindex;
+	*ifindex_out = ifindex;
+	return *value;
+}
+
+static __always_inline __u32 watched_ifindex(const void *dev)
+{
+	__u32 ifindex = 0;
+	return watched(dev, &ifindex) ? ifindex : 0;
+}
+
+/* Where the frame starts: head + mac_header when the MAC header is set
+ * (0xffff means unset: skb_mac_header_was_set()), else data. Also returns the
+ * frame's size from there (skb->len counts from data). */
+static __always_inline const void *frame_start(const void *skb, __u32 *wire_len)
+{
+	const void *head = (const void *)read_u64(skb + SKB_HEAD_OFF);
+	const void *data = (const void *)read_u64(skb + SKB_DATA_OFF);
+	__u16 mac = read_u16(skb + SKB_MAC_HEADER_OFF);
+	const void *start = mac != 0xffff ? head + mac : data;
+	*wire_len = (__u32)((data - start) + read_u32(skb + SKB_LEN_OFF));
+	return start;
 }
 
 #endif /* BRTRACE_COMMON_BPF_H */

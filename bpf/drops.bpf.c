@@ -18,34 +18,10 @@
 #include "common.bpf.h"
 
 BPF_PERCPU_HASH(drop_counts, struct drop_key, __u64, DROP_KEYS_MAX);
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-
-struct rate_window {
-	__u64 start_ns;
-	__u64 sent;
-};
-/* One window per CPU so the limiter takes no lock. */
-BPF_PERCPU_ARRAY(rate_state, struct rate_window, 1);
-
-static __always_inline int rate_allow(__u64 now)
-{
-	int zero = 0;
-	struct rate_window *w = rate_state.lookup(&zero);
-	if (!w)
-		return 0;
-	if (now - w->start_ns >= 1000000000ULL) {
-		w->start_ns = now;
-		w->sent = 0;
-	}
-	if (w->sent >= EVENTS_PER_SEC)
-		return 0;
-	w->sent++;
-	return 1;
-}
 
 static __always_inline void sample(const void *skb, struct drop_key *key, __u64 now)
 {
-	if (!rate_allow(now)) {
+	if (!rate_allow(EVENT_DROP, now)) {
 		stat_inc(STAT_EVENTS_RATE_LIMITED);
 		return;
 	}
@@ -64,17 +40,10 @@ static __always_inline void sample(const void *skb, struct drop_key *key, __u64 
 	ev->ts_ns = now;
 	ev->location = key->location;
 
-	/* The frame starts at head + mac_header when the MAC header is set
-	 * (0xffff means unset: skb_mac_header_was_set()), else at data. */
-	const void *head = (const void *)read_u64(skb + SKB_HEAD_OFF);
-	const void *data = (const void *)read_u64(skb + SKB_DATA_OFF);
-	__u16 mac = read_u16(skb + SKB_MAC_HEADER_OFF);
-	const void *start = mac != 0xffff ? head + mac : data;
-	/* The frame's size from its MAC header on: skb->len counts from data,
-	 * which is past the MAC header once the stack has pulled it. */
-	__u64 wire = (__u64)(data - start) + read_u32(skb + SKB_LEN_OFF);
-	ev->wire_len = (__u32)wire;
-	__u32 n = wire < FRAME_BYTES ? (__u32)wire : FRAME_BYTES;
+	__u32 wire = 0;
+	const void *start = frame_start(skb, &wire);
+	ev->wire_len = wire;
+	__u32 n = wire < FRAME_BYTES ? wire : FRAME_BYTES;
 	ev->frame_len = n;
 	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
 		ev->frame_len = 0;

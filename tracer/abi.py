@@ -56,5 +56,48 @@ class DropEvent(ctypes.Structure):
     ]
 
 
+class FdbKey(ctypes.Structure):
+    _fields_ = [("mac", ctypes.c_uint8 * 6), ("vlan", ctypes.c_uint16)]
+
+
+class FdbMove(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("slot", ctypes.c_uint32),
+        ("prev_slot", ctypes.c_uint32),
+    ]
+
+
+class FdbEvent(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("pad0", ctypes.c_uint8),
+        ("vlan", ctypes.c_uint16),
+        ("mac", ctypes.c_uint8 * 6),
+        ("pad1", ctypes.c_uint16),
+        ("ifindex", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+    ]
+
+
+class FrameEvent(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("frame_len", ctypes.c_uint8),
+        ("how", ctypes.c_uint16),
+        ("ifindex", ctypes.c_uint32),
+        ("wire_len", ctypes.c_uint32),
+        ("first_ifindex", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+        ("frame", ctypes.c_uint8 * FRAME_BYTES),
+    ]
+
+
 # Every struct the header defines, by its C name (the ABI test walks this).
-STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent}
+STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
+           "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent}
+
+# Names of the per-port counters (PC_* in the header), in slot order.
+PORT_COUNTER_NAMES = {v: k[3:].lower() for k, v in CONST.items() if k.startswith("PC_")}

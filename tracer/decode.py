@@ -12,7 +12,7 @@ import ctypes
 import ipaddress
 import struct
 
-from tracer.abi import DropEvent
+from tracer.abi import CONST, DropEvent, FdbEvent, FrameEvent
 
 ETHERTYPES = {
     0x0800: "ipv4", 0x0806: "arp", 0x86DD: "ipv6", 0x8100: "vlan", 0x88A8: "qinq",
@@ -115,3 +115,43 @@ def parse_drop_event(raw: bytes) -> dict:
     # skb->protocol is what the kernel decided; prefer it when the frame is cut short
     rec.setdefault("proto", proto_name(ev.ethertype))
     return rec
+
+
+def parse_fdb_event(raw: bytes) -> dict:
+    if len(raw) < ctypes.sizeof(FdbEvent):
+        raise ValueError(f"short fdb record: {len(raw)} bytes")
+    ev = FdbEvent.from_buffer_copy(raw[:ctypes.sizeof(FdbEvent)])
+    return {"kind": "fdb", "ts_ns": ev.ts_ns, "mac": mac_str(bytes(ev.mac)), "vlan": ev.vlan,
+            "ifindex": ev.ifindex}
+
+
+LOOP_HOW = {1: "returned", 2: "reentered"}
+
+
+def parse_frame_event(raw: bytes) -> dict:
+    if len(raw) < ctypes.sizeof(FrameEvent):
+        raise ValueError(f"short frame record: {len(raw)} bytes")
+    ev = FrameEvent.from_buffer_copy(raw[:ctypes.sizeof(FrameEvent)])
+    kind = "echo" if ev.kind == CONST["EVENT_ECHO"] else "loop"
+    rec = {"kind": kind, "ts_ns": ev.ts_ns, "ifindex": ev.ifindex, "wire_len": ev.wire_len}
+    if kind == "loop":
+        rec["how"] = LOOP_HOW.get(ev.how, str(ev.how))
+        rec["first_ifindex"] = ev.first_ifindex
+    rec.update(decode_frame(bytes(ev.frame[:ev.frame_len])))
+    return rec
+
+
+def parse_event(raw: bytes) -> dict:
+    """Any ring-buffer record, by its first byte (bpf/brtrace.h EVENT_*)."""
+    if not raw:
+        raise ValueError("empty record")
+    kind = raw[0]
+    if kind == CONST["EVENT_DROP"]:
+        rec = parse_drop_event(raw)
+        rec["kind"] = "drop"
+        return rec
+    if kind == CONST["EVENT_FDB"]:
+        return parse_fdb_event(raw)
+    if kind in (CONST["EVENT_ECHO"], CONST["EVENT_LOOP"]):
+        return parse_frame_event(raw)
+    raise ValueError(f"unknown record kind {kind}")

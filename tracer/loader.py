@@ -18,7 +18,8 @@ from tracer.kernel.btf import Btf
 from tracer.kernel.headers import bcc_kernel_source
 
 # (define, struct, member path): every kernel memory read the BPF side makes.
-FIELD_DEFINES = (
+# common.bpf.h's reads come first; each hook group adds its own.
+COMMON_FIELDS = (
     ("SKB_DEV_OFF", "sk_buff", "dev"),
     ("SKB_HEAD_OFF", "sk_buff", "head"),
     ("SKB_DATA_OFF", "sk_buff", "data"),
@@ -31,18 +32,44 @@ FIELD_DEFINES = (
     ("NET_NS_INUM_OFF", "net", "ns.inum"),
 )
 
-# (define, raw tracepoint, argument type): positions in ctx->args[].
-ARG_DEFINES = (
-    ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
-    ("ARG_LOCATION", "kfree_skb", "void *"),
-    ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
-)
+# Per hook group (bpf/<file>): extra fields, and (define, raw tracepoint,
+# argument type or spellings) for positions in ctx->args[].
+GROUPS = {
+    "drops.bpf.c": ((), (
+        ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
+        ("ARG_LOCATION", "kfree_skb", "void *"),
+        ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
+    )),
+    "forward.bpf.c": ((), (
+        ("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
+        ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *"),
+    )),
+    "fdb.bpf.c": ((
+        ("BR_DEV_OFF", "net_bridge", "dev"),
+        ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
+    ), (
+        ("ARG_FDB_BR", "br_fdb_update", "struct net_bridge *"),
+        ("ARG_FDB_PORT", "br_fdb_update", "struct net_bridge_port *"),
+        ("ARG_FDB_ADDR", "br_fdb_update", ("unsigned char *", "const unsigned char *")),
+        ("ARG_FDB_VID", "br_fdb_update", ("u16", "__u16")),
+    )),
+}
+
+# Kept for tests and doctor: everything the drops view reads.
+FIELD_DEFINES = COMMON_FIELDS
+ARG_DEFINES = GROUPS["drops.bpf.c"][1]
 
 
-def kernel_defines(btf: Btf) -> dict[str, int]:
+def kernel_defines(btf: Btf, sources=("drops.bpf.c",)) -> dict[str, int]:
     """Offsets and argument positions for this kernel, from its BTF."""
-    out = {name: btf.field(struct, path).offset for name, struct, path in FIELD_DEFINES}
-    for name, tp, type_name in ARG_DEFINES:
+    fields = list(COMMON_FIELDS)
+    args = []
+    for src in sources:
+        extra_fields, extra_args = GROUPS[src]
+        fields += extra_fields
+        args += extra_args
+    out = {name: btf.field(struct, path).offset for name, struct, path in fields}
+    for name, tp, type_name in args:
         out[name] = btf.arg_index(tp, type_name)
     return out
 
@@ -86,6 +113,11 @@ def _import_bcc():
     return bcc
 
 
+def _mac_key(mac: str) -> int:
+    """A MAC as the BPF side keys it: its 6 bytes copied into a little-endian u64."""
+    return int.from_bytes(bytes.fromhex(mac.replace(":", "")), "little")
+
+
 def _release_compiler_heap() -> None:
     """Give clang's freed compile-time heap back to the system (~30 MB): glibc
     keeps freed arenas mapped, and brtrace lives for hours after one compile."""
@@ -116,22 +148,46 @@ class Session:
         _release_compiler_heap()
 
     # -- watch set ------------------------------------------------------------
-    def set_watch(self, flags_by_ifindex: dict[int, int]) -> list[int]:
-        """Make the kernel watch exactly these ifindexes. Returns those that
-        cannot be watched (ifindex >= WATCH_SLOTS)."""
+    def has_map(self, name: str) -> bool:
+        try:
+            self.bpf[name]
+        except KeyError:
+            return False
+        return True
+
+    def set_watch(self, values_by_ifindex: dict[int, int]) -> list[int]:
+        """Make the kernel watch exactly these ifindexes (value: WATCH_* flags
+        | slot << WATCH_SLOT_SHIFT). Returns those that cannot be watched
+        (ifindex >= WATCH_SLOTS)."""
         table = self.bpf["watch"]
         slots = abi.CONST["WATCH_SLOTS"]
         current = getattr(self, "_watched", {})
-        for ifindex in set(current) - set(flags_by_ifindex):
+        for ifindex in set(current) - set(values_by_ifindex):
             table[ctypes.c_int(ifindex)] = ctypes.c_uint32(0)
         too_big = []
-        for ifindex, flags in flags_by_ifindex.items():
+        for ifindex, value in values_by_ifindex.items():
             if ifindex >= slots:
                 too_big.append(ifindex)
-            elif current.get(ifindex) != flags:
-                table[ctypes.c_int(ifindex)] = ctypes.c_uint32(flags)
-        self._watched = {i: f for i, f in flags_by_ifindex.items() if i < slots}
+            elif current.get(ifindex) != value:
+                table[ctypes.c_int(ifindex)] = ctypes.c_uint32(value)
+        self._watched = {i: v for i, v in values_by_ifindex.items() if i < slots}
         return too_big
+
+    def set_own_macs(self, macs) -> None:
+        """The bridge's own addresses (local FDB entries), for echo detection."""
+        if not self.has_map("own_macs"):
+            return
+        want = {_mac_key(m) for m in macs}
+        if want == getattr(self, "_own", set()):
+            return
+        table, lo = self.bpf["own_macs"], self.bpf["own_mac_lo"]
+        table.clear()
+        for key in want:
+            table[ctypes.c_uint64(key)] = ctypes.c_uint32(1)
+        last_bytes = {(key >> 40) & 0xFF for key in want}
+        for b in range(256):
+            lo[ctypes.c_int(b)] = ctypes.c_uint32(1 if b in last_bytes else 0)
+        self._own = want
 
     # -- counters -------------------------------------------------------------
     def drop_counts(self) -> dict[tuple, int]:
@@ -147,6 +203,40 @@ class Session:
         for name, slot in abi.CONST.items():
             if name.startswith("STAT_") and name != "STAT_SLOTS":
                 out[name[5:].lower()] = sum(table[ctypes.c_int(slot)])
+        return out
+
+    def port_counters(self, slots) -> dict[int, list]:
+        """slot -> the PORT_COUNTERS monotonic counters (summed over CPUs).
+        Only the slots asked for are read: one lookup per counter, not per
+        array entry."""
+        if not self.has_map("port_counters"):
+            return {}
+        table, n = self.bpf["port_counters"], abi.CONST["PORT_COUNTERS"]
+        return {slot: [sum(table[ctypes.c_int(slot * n + c)]) for c in range(n)] for slot in slots}
+
+    def forward_matrix(self, slots) -> dict[tuple, int]:
+        """(from slot, to slot) -> frames, for the slots asked for (non-zero only)."""
+        if not self.has_map("forward_matrix"):
+            return {}
+        table, width = self.bpf["forward_matrix"], abi.CONST["MAX_PORTS"]
+        out = {}
+        for i in slots:
+            for j in slots:
+                if i != j:
+                    v = sum(table[ctypes.c_int(i * width + j)])
+                    if v:
+                        out[(i, j)] = v
+        return out
+
+    def fdb_moves(self) -> list[dict]:
+        """Every MAC the FDB hook saw created or moved (bounded LRU)."""
+        if not self.has_map("fdb_moves"):
+            return []
+        out = []
+        for key, m in self.bpf["fdb_moves"].items():
+            out.append({"mac": ":".join(f"{b:02x}" for b in bytes(key.mac)), "vlan": key.vlan,
+                        "count": m.count, "slot": m.slot, "prev_slot": m.prev_slot,
+                        "last_ns": m.last_ns})
         return out
 
     # -- events ---------------------------------------------------------------

@@ -17,6 +17,7 @@ from tracer.config import Config
 from tracer.errors import BridgeGone, UsageError
 from tracer.loader import Program, Session, kernel_defines
 from tracer.runtime import Kernel, require_root
+from tracer.slots import SlotTable
 from tracer.topology import Topology, resolve_netns
 
 
@@ -47,6 +48,8 @@ class BridgeRun:
         self.session: Session | None = None
         self.topo: Topology | None = None
         self.names: dict = {}          # ifindex -> last known name (ports that left)
+        self.slots = SlotTable(abi.CONST["MAX_PORTS"])
+        self.own_macs: set = set()
         self.started = time.monotonic()
 
     def open(self) -> "BridgeRun":
@@ -55,7 +58,7 @@ class BridgeRun:
         self.topo = Topology(self.netns)
         self.bridge = self.topo.bridge(self.cfg.bridge)
         self.kernel = Kernel.open()
-        defines = kernel_defines(self.kernel.btf)
+        defines = kernel_defines(self.kernel.btf, self.sources)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        RINGBUF_PAGES=64)
         defines.update(self.extra_defines)
@@ -68,12 +71,22 @@ class BridgeRun:
         return self
 
     def _apply_watch(self) -> None:
-        flags = {self.bridge.ifindex: abi.CONST["WATCH_BRIDGE"]}
-        flags.update({i: abi.CONST["WATCH_PORT"] for i in self.bridge.ports})
-        self.unwatchable = self.session.set_watch(flags)
+        self.unslotted = self.slots.assign(self.bridge.ifindex, list(self.bridge.ports))
+        shift = abi.CONST["WATCH_SLOT_SHIFT"]
+        values = {self.bridge.ifindex: abi.CONST["WATCH_BRIDGE"]}
+        for ifindex in self.bridge.ports:
+            values[ifindex] = abi.CONST["WATCH_PORT"] | (self.slots.by_ifindex.get(ifindex, 0) << shift)
+        self.unwatchable = self.session.set_watch(values)
         self.names[self.bridge.ifindex] = self.bridge.name
         for i, p in self.bridge.ports.items():
             self.names[i] = p.name
+        self.fdb_now = self.topo.fdb(self.bridge)
+        self.own_macs = {e.mac for e in self.fdb_now if e.local} | {self.bridge.mac}
+        self.session.set_own_macs(self.own_macs)
+
+    def slot_name(self, slot: int) -> str:
+        ifindex = self.slots.owner.get(slot)
+        return self.names.get(ifindex, f"slot {slot}") if ifindex is not None else f"slot {slot}"
 
     def refresh(self) -> None:
         """Follow ports joining or leaving; BridgeGone if the bridge vanished."""
@@ -85,7 +98,8 @@ class BridgeRun:
         self._apply_watch()
 
     def fdb(self) -> list:
-        return self.topo.fdb(self.bridge)
+        """The FDB as of the last refresh (read once per interval)."""
+        return self.fdb_now
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -245,7 +245,7 @@ class Btf:
         params = list(self._trailing(t, _BtfParam, self._vlen(t)))[1:]
         return [(self._name(p.name_off), self.type_name(p.type)) for p in params]
 
-    def arg_index(self, tracepoint: str, type_name: str, nth: int = 0) -> int:
+    def arg_index(self, tracepoint: str, type_name, nth: int = 0) -> int:
         """Position in ctx->args[] of the `nth` argument whose type is `type_name`.
 
         btf_trace_* prototypes carry no parameter names, so arguments are found by
@@ -253,7 +253,8 @@ class Btf:
         its reason the `enum skb_drop_reason` (the order changed across kernels).
         """
         args = self.raw_tracepoint_args(tracepoint)
-        hits = [i for i, (_name, tname) in enumerate(args) if tname == type_name]
+        wanted = (type_name,) if isinstance(type_name, str) else tuple(type_name)
+        hits = [i for i, (_name, tname) in enumerate(args) if tname in wanted]
         if len(hits) <= nth:
             raise KernelFeatureError(
                 f"raw tracepoint {tracepoint} has no argument of type {type_name!r} "

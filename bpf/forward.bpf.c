@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * forward.bpf.c - what enters and leaves the bridge's ports, and what comes back.
+ *
+ * Hooks (raw tracepoints, every kernel with BTF; the fallback for kernels
+ * without kprobes/fentry, and the per-port counters in every mode):
+ *   net:netif_receive_skb  a frame entering a port (or, via br_pass_frame_up(),
+ *                          the bridge device itself)
+ *   net:net_dev_queue      a frame queued for transmission on a port (the
+ *                          bridge's forwarding decision, seen from the far side)
+ *
+ * Per packet, the common case (not a watched device) costs one array lookup.
+ * For watched ports: per-slot counters in a per-CPU array; an own-address
+ * check behind a 256-entry prefilter; and, for flooded frames only
+ * (broadcast/multicast destination), a fingerprint in an LRU hash that tells
+ * a frame coming back (loop or reflecting port) from a new one.
+ *
+ * The bridge decides synchronously: netif_receive_skb on the ingress port,
+ * then br_handle_frame() -> br_forward()/br_flood() -> dev_queue_xmit() on the
+ * egress ports, all on one CPU. A per-CPU "current ingress" slot therefore ties
+ * egress to ingress for the forwarding matrix without any per-skb map.
+ */
+#include "common.bpf.h"
+
+BPF_PERCPU_ARRAY(port_counters, __u64, MAX_PORTS * PORT_COUNTERS);
+/* Frames forwarded from slot i to slot j, at i * MAX_PORTS + j (slot 0: the
+ * bridge device, i.e. locally originated or delivered). */
+BPF_PERCPU_ARRAY(forward_matrix, __u64, MAX_PORTS * MAX_PORTS);
+
+/* The bridge's own MACs (local FDB entries), kept by userspace. own_mac_lo
+ * holds, per last MAC byte, whether any own MAC ends with it: most frames are
+ * rejected by that array read without a hash lookup. */
+BPF_HASH(own_macs, __u64, __u32, 1024);
+BPF_ARRAY(own_mac_lo, __u32, 256);
+
+struct flood_seen {
+	__u64 ts_ns;
+	__u64 out_mask[MAX_PORTS / 64]; /* slots it left through */
+	__u32 in_slot;                   /* where it first entered (0: the bridge) */
+	__u32 in_ifindex;
+};
+BPF_TABLE("lru_hash", __u64, struct flood_seen, flood_fingerprints, FLOOD_KEYS_MAX);
+
+struct current_ingress {
+	__u64 ts_ns;
+	__u32 slot;
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(ingress_now, struct current_ingress, 1);
+
+static __always_inline void count(__u32 slot, int counter, __u64 n)
+{
+	int idx = slot * PORT_COUNTERS + counter;
+	__u64 *v = port_counters.lookup(&idx);
+	if (v)
+		*v += n;
+}
+
+/* A 64-bit mix over the frame's first FINGERPRINT_BYTES, never past its end:
+ * a frame that went through userspace (a VPN tap) comes back in a new buffer
+ * whose bytes after the frame differ. Eight fixed word steps (no
+ * data-dependent loop exit): with a byte loop and `break`, clang unrolled
+ * partially and the verifier refused "invalid read from stack". */
+static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+	__s32 n = len < FINGERPRINT_BYTES ? (__s32)len : FINGERPRINT_BYTES;
+#pragma unroll
+	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++) {
+		__u64 x = w[i];
+		__s32 rem = n - i * 8;
+		if (rem <= 0)
+			x = 0;
+		else if (rem < 8)
+			x &= (1ULL << (rem * 8)) - 1;
+		h ^= x;
+		h *= 0x100000001b3ULL;
+		h ^= h >> 29;
+	}
+	return h ^ (__u64)n;
+}
+
+static __always_inline void frame_event(int kind, __u32 ifindex, const void *start, __u32 wire,
+					__u16 how, __u32 first_ifindex, __u64 now)
+{
+	if (!rate_allow(kind, now)) {
+		stat_inc(STAT_EVENTS_RATE_LIMITED);
+		return;
+	}
+	struct frame_event *ev = events.ringbuf_reserve(sizeof(struct frame_event));
+	if (!ev) {
+		stat_inc(STAT_EVENTS_LOST);
+		return;
+	}
+	ev->kind = kind;
+	ev->how = how;
+	ev->ifindex = ifindex;
+	ev->wire_len = wire;
+	ev->first_ifindex = first_ifindex;
+	ev->ts_ns = now;
+	ev->frame_len = wire < FRAME_BYTES ? wire : FRAME_BYTES;
+	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
+		ev->frame_len = 0;
+	events.ringbuf_submit(ev, 0);
+	stat_inc(STAT_EVENTS_SENT);
+}
+
+static __always_inline int is_own_mac(const __u8 *mac)
+{
+	__u32 lo = mac[5];
+	__u32 *any = own_mac_lo.lookup(&lo);
+	if (!any || !*any)
+		return 0;
+	__u64 key = 0;
+	__builtin_memcpy(&key, mac, 6);
+	return own_macs.lookup(&key) != NULL;
+}
+
+/* A flooded frame entering the bridge: new, or back again? */
+static __always_inline void flood_ingress(__u32 slot, __u32 ifindex, const void *start, __u32 wire,
+					  const __u64 *words, int is_arp, __u64 now)
+{
+	__u64 fp = fingerprint(words, wire);
+	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
+	if (seen && now - seen->ts_ns < LOOP_WINDOW_NS && (seen->out_mask[0] | seen->out_mask[1])) {
+		__u64 bit = 1ULL << (slot & 63);
+		__u64 mask = slot < 64 ? seen->out_mask[0] : seen->out_mask[1];
+		__u16 how = 0;
+		if (mask & bit)
+			how = 1;                 /* it left through this very port */
+		else if (slot != seen->in_slot)
+			how = 2;                 /* it left elsewhere and came back here */
+		if (how) {
+			count(slot, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
+			if (is_arp)
+				count(slot, PC_ARP_DUPLICATES, 1);
+			frame_event(EVENT_LOOP, ifindex, start, wire, how, seen->in_ifindex, now);
+			seen->ts_ns = now;
+			return;
+		}
+	}
+	/* New (or a host repeating itself on its own port): remember where it entered. */
+	struct flood_seen fresh = {};
+	fresh.ts_ns = now;
+	fresh.in_slot = slot;
+	fresh.in_ifindex = ifindex;
+	flood_fingerprints.update(&fp, &fresh);
+}
+
+RAW_TRACEPOINT_PROBE(netif_receive_skb)
+{
+	const void *skb = (const void *)ctx->args[ARG_RX_SKB];
+	__u32 ifindex = 0;
+	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
+	if (!w)
+		return 0;
+	__u32 slot = (w >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
+	__u64 now = bpf_ktime_get_ns();
+	__u32 wire = 0;
+	const void *start = frame_start(skb, &wire);
+	count(slot, PC_RX_PACKETS, 1);
+	count(slot, PC_RX_BYTES, wire);
+	if (w & WATCH_BRIDGE)
+		return 0;  /* br_pass_frame_up(): delivered to the bridge's own stack */
+
+	struct current_ingress *cur;
+	int zero = 0;
+	cur = ingress_now.lookup(&zero);
+	if (cur) {
+		cur->ts_ns = now;
+		cur->slot = slot;
+	}
+
+	__u64 words[FINGERPRINT_BYTES / 8] = {};
+	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0)
+		return 0;
+	const __u8 *buf = (const __u8 *)words;
+	int is_arp = buf[12] == 0x08 && buf[13] == 0x06;
+	if (is_arp)
+		count(slot, PC_RX_ARP, 1);
+	if (is_own_mac(buf + 6)) {
+		/* br_fdb_update() would log "received packet on X with own address
+		 * as source address" (rate-limited); this is the exact count. */
+		count(slot, PC_ECHOES, 1);
+		frame_event(EVENT_ECHO, ifindex, start, wire, 0, 0, now);
+	}
+	if (!(buf[0] & 1))
+		return 0;  /* unicast: no fingerprint needed */
+	if ((buf[0] & buf[1] & buf[2] & buf[3] & buf[4] & buf[5]) == 0xff)
+		count(slot, PC_RX_BROADCAST, 1);
+	else
+		count(slot, PC_RX_MULTICAST, 1);
+	flood_ingress(slot, ifindex, start, wire, words, is_arp, now);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(net_dev_queue)
+{
+	const void *skb = (const void *)ctx->args[ARG_TX_SKB];
+	__u32 ifindex = 0;
+	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
+	if (!w)
+		return 0;
+	__u32 slot = (w >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
+	__u64 now = bpf_ktime_get_ns();
+	__u32 wire = 0;
+	const void *start = frame_start(skb, &wire);
+	count(slot, PC_TX_PACKETS, 1);
+	count(slot, PC_TX_BYTES, wire);
+
+	int zero = 0;
+	struct current_ingress *cur = ingress_now.lookup(&zero);
+	if (!cur)
+		return 0;
+	if (w & WATCH_BRIDGE) {
+		/* The host's own stack sends through the bridge (br_dev_xmit()):
+		 * what follows on the ports originates locally. */
+		cur->ts_ns = now;
+		cur->slot = 0;
+		return 0;
+	}
+	/* Same softirq as the ingress that caused it: well under a millisecond. */
+	if (now - cur->ts_ns < 1000000ULL) {
+		int idx = cur->slot * MAX_PORTS + slot;
+		__u64 *v = forward_matrix.lookup(&idx);
+		if (v)
+			*v += 1;
+	}
+
+	__u64 words[FINGERPRINT_BYTES / 8] = {};
+	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0 || !(words[0] & 1))
+		return 0;  /* unicast (I/G bit of the first byte clear): no fingerprint */
+	__u64 fp = fingerprint(words, wire);
+	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
+	if (!seen) {
+		struct flood_seen fresh = {};
+		fresh.ts_ns = now;
+		fresh.in_slot = 0;  /* not seen entering: the bridge itself sent it */
+		flood_fingerprints.update(&fp, &fresh);
+		seen = flood_fingerprints.lookup(&fp);
+		if (!seen)
+			return 0;
+	}
+	if (slot < 64)
+		__sync_fetch_and_or(&seen->out_mask[0], 1ULL << slot);
+	else
+		__sync_fetch_and_or(&seen->out_mask[1], 1ULL << (slot - 64));
+	return 0;
+}
