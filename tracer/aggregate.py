@@ -70,3 +70,100 @@ class DropState:
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+RECENT_EVENTS = 256     # echo / loop records kept for evidence
+MAX_MACS = 16384        # MACs tracked for moves (the kernel's FDB_KEYS_MAX)
+FDB_PORTS_PER_MAC = 8   # distinct ports remembered per MAC
+
+
+@dataclass
+class MacMoves:
+    mac: str
+    vlan: int
+    count: int = 0                  # creations + moves since load (kernel LRU)
+    interval_moves: int = 0         # during the last interval
+    peak_rate: float = 0.0          # highest moves/s over any interval
+    ports: list = field(default_factory=list)   # port names it was learned on, in order seen
+
+
+class BridgeState:
+    """Per-port counters, forwarding matrix and FDB moves, folded from kernel
+    snapshots keyed by port *name* (slots are an implementation detail of the
+    BPF side), plus bounded echo and loop samples."""
+
+    def __init__(self):
+        self.totals: dict = {}          # port -> {counter: value since load}
+        self.rates: dict = {}           # port -> {counter: per second, last interval}
+        self.peaks: dict = {}           # port -> {counter: highest per-second rate seen}
+        self.matrix: dict = {}          # (from port, to port) -> frames since load
+        self.macs: dict = {}            # (mac, vlan) -> MacMoves
+        self.echoes: deque = deque(maxlen=RECENT_EVENTS)
+        self.loops: deque = deque(maxlen=RECENT_EVENTS)
+        self.fdb_events = 0
+        self.interval = 0.0
+        self._last_t: float | None = None
+
+    def fold(self, counters: dict, matrix: dict, moves: list, now: float) -> None:
+        """counters: port -> {name: value}; matrix: (from, to) -> value;
+        moves: [{mac, vlan, count, port, prev_port}] from the FDB hook.
+        Ports absent from `counters` have left the bridge: their last totals
+        stay, so a loop through a link that was since removed is still shown."""
+        dt = (now - self._last_t) if self._last_t is not None else 0.0
+        self.interval = dt
+        rates = {}
+        for port, values in counters.items():
+            before = self.totals.get(port, {})
+            rates[port] = {k: (max(0, v - before.get(k, 0)) / dt if dt > 0 else 0.0)
+                           for k, v in values.items()}
+            peak = self.peaks.setdefault(port, {})
+            for k, r in rates[port].items():
+                peak[k] = max(peak.get(k, 0.0), r)
+        self.rates = rates
+        self.totals.update({p: dict(v) for p, v in counters.items()})
+        self.matrix.update(matrix)
+        for m in moves:
+            key = (m["mac"], m["vlan"])
+            entry = self.macs.get(key)
+            if entry is None:
+                if len(self.macs) >= MAX_MACS:
+                    continue    # bounded: a random-MAC flood must not grow this
+                entry = self.macs[key] = MacMoves(m["mac"], m["vlan"])
+            entry.interval_moves = max(0, m["count"] - entry.count) if entry.count else max(0, m["count"] - 1)
+            if dt > 0:
+                entry.peak_rate = max(entry.peak_rate, entry.interval_moves / dt)
+            entry.count = m["count"]
+            for port in (m.get("prev_port"), m.get("port")):
+                _remember_port(entry, port)
+        self._last_t = now
+
+    def add_event(self, rec: dict, port_name) -> None:
+        """A decoded fdb / echo / loop record (ifindex resolved by port_name)."""
+        kind = rec["kind"]
+        if kind == "fdb":
+            self.fdb_events += 1
+            key = (rec["mac"], rec["vlan"])
+            entry = self.macs.get(key)
+            if entry is not None:
+                _remember_port(entry, port_name(rec["ifindex"]))
+        elif kind == "echo":
+            self.echoes.append({**rec, "port": port_name(rec["ifindex"])})
+        elif kind == "loop":
+            self.loops.append({**rec, "port": port_name(rec["ifindex"]),
+                               "first_port": port_name(rec["first_ifindex"]) if rec["first_ifindex"] else None})
+
+    def total(self, port: str, counter: str) -> int:
+        return self.totals.get(port, {}).get(counter, 0)
+
+    def rate(self, port: str, counter: str) -> float:
+        return self.rates.get(port, {}).get(counter, 0.0)
+
+    def peak(self, port: str, counter: str) -> float:
+        return self.peaks.get(port, {}).get(counter, 0.0)
+
+
+def _remember_port(entry: MacMoves, port) -> None:
+    """Distinct ports a MAC was learned on, in first-seen order, bounded."""
+    if port and port not in entry.ports:
+        entry.ports.append(port)
+        del entry.ports[:-FDB_PORTS_PER_MAC]

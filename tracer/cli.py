@@ -56,6 +56,7 @@ def cli():
     Examples:
       brtrace drops --bridge br-int
       brtrace drops --bridge br0 --netns lab --duration 10 -o json
+      brtrace loops --bridge br-int
       brtrace doctor
     """
 
@@ -72,6 +73,20 @@ def drops(**kw):
     """
     from tracer.views.drops import run_drops
     sys.exit(run_drops(_config(kw)))
+
+
+@cli.command()
+@bridge_options
+def loops(**kw):
+    """Loops, reflecting ports, own-address echoes, MAC flapping and storms.
+
+    \b
+    Examples:
+      brtrace loops --bridge br-int
+      brtrace loops -b br-int -d 10 -o json
+    """
+    from tracer.views.loops import run_loops
+    sys.exit(run_loops(_config(kw)))
 
 
 @cli.command()

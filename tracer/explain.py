@@ -69,16 +69,14 @@ class DropContext:
         return Counter(s[field] for s in self.group.samples if field in s)
 
 
-def _undeliverable_unicast(ctx: DropContext) -> str:
-    """br_forward() sends a known unicast frame only to the FDB's port, and only
-    if should_deliver() agrees: not back out of the ingress port, and not to a
-    port that is not forwarding (STP state, or a tap with no reader: NO-CARRIER).
-    Otherwise the frame is freed; the free shows as br_handle_frame_finish()
-    because br_forward() is a tail call there."""
-    if not ctx.function.startswith(("br_handle_frame_finish", "br_forward")):
-        return ""
-    learned = {e.mac: e for e in ctx.fdb if isinstance(e, FdbEntry) and not e.local}
+def _learned_elsewhere(ctx: DropContext) -> tuple:
+    """For sampled unicast frames freed where br_forward() gives up: which
+    destinations the FDB places on the ingress port itself (`same`), and which
+    on a port that is not forwarding (`stuck`)."""
     same, stuck = Counter(), Counter()
+    if not ctx.function.startswith(("br_handle_frame_finish", "br_forward")):
+        return same, stuck
+    learned = {e.mac: e for e in ctx.fdb if isinstance(e, FdbEntry) and not e.local}
     for s in ctx.group.samples:
         dst = s.get("dst_mac")
         entry = learned.get(dst) if dst and not is_multicast(dst) else None
@@ -90,11 +88,30 @@ def _undeliverable_unicast(ctx: DropContext) -> str:
             port = ctx.bridge.ports.get(entry.ifindex)
             if port and (port.stp_state != "forwarding" or port.operstate.lower() != "up"):
                 stuck[(dst, port.name, port.stp_state, port.operstate)] += 1
+    return same, stuck
+
+
+def same_port_mac(ctx: DropContext) -> str:
+    """The destination MAC most of this group's frames were suppressed for
+    because it is learned on their ingress port ("" if none)."""
+    same, stuck = _learned_elsewhere(ctx)
     if same and sum(same.values()) >= sum(stuck.values()):
-        mac = same.most_common(1)[0][0]
+        return same.most_common(1)[0][0]
+    return ""
+
+
+def _undeliverable_unicast(ctx: DropContext) -> str:
+    """br_forward() sends a known unicast frame only to the FDB's port, and only
+    if should_deliver() agrees: not back out of the ingress port, and not to a
+    port that is not forwarding (STP state, or a tap with no reader: NO-CARRIER).
+    Otherwise the frame is freed; the free shows as br_handle_frame_finish()
+    because br_forward() is a tail call there."""
+    mac = same_port_mac(ctx)
+    if mac:
         return (f"the bridge will not send a frame back out of the port it came in on: "
                 f"{mac} is learned on {ctx.port_name}, the ingress port (look for a "
                 f"looped or reflecting device behind {ctx.port_name})")
+    _same, stuck = _learned_elsewhere(ctx)
     if stuck:
         mac, name, stp, oper = stuck.most_common(1)[0][0]
         why = f"STP state {stp}" if stp != "forwarding" else f"link {oper.lower()}"

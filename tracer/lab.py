@@ -370,6 +370,49 @@ class TapPort:
         return self.proc.pid if self.proc else None
 
 
+@dataclass
+class PeerLoop:
+    """A second bridge joined to the lab bridge by several veth pairs: the ground truth.
+
+    links[i] is (lab-bridge port, peer-bridge port) of link i+1.  With STP,
+    `blocking` and `forwarding` list (netns, port) of the loop ports as
+    measured once convergence finished (`converge_s` after the links came
+    up), so a test can read counters with Lab.link_stats(netns, port)
+    without asking which side won.  `root` is "lab" or "peer": which bridge
+    we made STP root (the blocking port is then on the *other* bridge).
+    """
+    netns: str                         # <prefix>-peer
+    bridge: str                        # br-peer
+    mac: str
+    links: List[tuple]                 # [(lab_port, peer_port), ...]
+    stp: bool
+    root: Optional[str] = None
+    converge_s: Optional[float] = None
+    states: Dict[tuple, str] = field(default_factory=dict)   # (netns, port) -> state
+    watchdog: Optional[subprocess.Popen] = None
+    broken: List[str] = field(default_factory=list)          # lab ports deleted
+
+    @property
+    def blocking(self) -> List[tuple]:
+        return [k for k, st in self.states.items() if st == "blocking"]
+
+    @property
+    def forwarding(self) -> List[tuple]:
+        return [k for k, st in self.states.items() if st == "forwarding"]
+
+
+# Runs inside the lab's bridge namespace: after `hold` seconds, delete the
+# given veths (ending a broadcast storm) even if the test never called
+# break_loop().  argv: hold dev...
+_LOOP_WATCHDOG = r"""
+import subprocess, sys, time
+time.sleep(float(sys.argv[1]))
+for dev in sys.argv[2:]:
+    subprocess.run(["ip", "link", "del", dev], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30)
+"""
+
+
 # Runs inside the bridge namespace: attach to an existing tap and never read.
 # The kernel queues up to txqueuelen frames in the tap's ring, then drops.
 _STALLED_READER = r"""
@@ -380,6 +423,46 @@ fd = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
 print("ready", flush=True)
 time.sleep(hold)
+"""
+
+# Runs inside the bridge namespace: attach to an existing tap and write every
+# frame read from it straight back, unchanged -- a "looping VPN" (tinc or
+# OpenVPN in tap mode whose far end reflects).  argv: name hold max_frames
+# delay.  Bounded by `hold` seconds AND `max_frames` reflections; prints
+# "reflected N" on exit (also on SIGTERM) so the caller learns the count.
+_REFLECTOR = r"""
+import errno, fcntl, os, select, signal, struct, sys, time
+name, hold, max_frames, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454ca, 0x0002, 0x1000
+def stop(signum, frame):
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, stop)
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+print("ready", flush=True)
+end = time.monotonic() + hold
+n = failed = 0
+try:
+    while n + failed < max_frames:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        if not select.select([fd], [], [], left)[0]:
+            break
+        frame = os.read(fd, 65536)
+        if delay:
+            time.sleep(min(delay, max(0.0, end - time.monotonic())))
+        try:
+            os.write(fd, frame)
+        except OSError as e:
+            # EIO: the tap went down under us; anything else is a real bug.
+            if e.errno != errno.EIO:
+                raise
+            failed += 1
+            continue
+        n += 1
+finally:
+    print("reflected %d failed %d" % (n, failed), flush=True)
 """
 
 
@@ -419,6 +502,7 @@ class Lab:
         self._namespaces: List[str] = []   # in creation order; cleanup deletes these
         self._children: List[subprocess.Popen] = []
         self._nft_table: Optional[str] = None
+        self.peer_loop: Optional[PeerLoop] = None
 
     # ---- context manager ------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -459,10 +543,7 @@ class Lab:
     def build(self) -> None:
         """Create bridge namespace, bridge, and every host; all links up."""
         self.add_netns(self.bridge_ns)
-        # With STP on, use the kernel's minimum timers (2 s forward delay,
-        # 1 s hello) so a lab converges in about 4 s instead of 30.
-        stp = ["stp_state", "1", "forward_delay", "200", "hello_time", "100",
-               "max_age", "600"] if self.stp else ["stp_state", "0"]
+        stp = self._stp_args(self.stp)
         # Snooping off by default: with it on, the bridge joins 224.0.0.106
         # (multicast router discovery) and floods an IGMP report to every
         # port about 0-1 s after it comes up.  Measured: that one frame takes
@@ -476,6 +557,18 @@ class Lab:
             self.add_host(i)
         if self.stp:
             self.wait_stp_settled()
+
+    @staticmethod
+    def _stp_args(on: bool) -> List[str]:
+        """`ip link add ... type bridge` arguments for STP on or off.
+
+        With STP on, use the kernel's minimum timers (2 s forward delay,
+        1 s hello) so a lab converges in about 4 s instead of 30.
+        """
+        if not on:
+            return ["stp_state", "0"]
+        return ["stp_state", "1", "forward_delay", "200", "hello_time", "100",
+                "max_age", "600"]
 
     def add_host(self, i: int) -> Host:
         """Host namespace <prefix>-hI with eth0, wired to bridge port <port_prefix>{I-1}."""
@@ -498,14 +591,25 @@ class Lab:
 
     # ---- faults and knobs -----------------------------------------------
     def add_tap(self, name: str, reader: str = "none", hold: float = 120.0,
-                txqueuelen: Optional[int] = None) -> TapPort:
+                txqueuelen: Optional[int] = None, max_frames: int = 100000,
+                delay: float = 0.0) -> TapPort:
         """Add tap NAME to the bridge.  reader="none": nobody opens it (NO-CARRIER,
         the bridge treats the port as disabled).  reader="stalled": a child of
         ours attaches and never reads, so frames pile up in the tap's ring and
-        then drop.  The child exits after `hold` seconds or on cleanup.
+        then drop.  reader="reflect": a child of ours reads every frame and
+        writes it straight back into the tap, unchanged (after `delay` s), like
+        a tinc/OpenVPN tap whose far end loops: each frame the bridge sends
+        out of the tap comes back in on it, with a source MAC the bridge has
+        already learned elsewhere (or owns: then the kernel logs "received
+        packet on NAME with own address as source address").  The reflector
+        stops after `max_frames` frames or `hold` seconds, whichever first;
+        stop_tap_reader() returns how many it reflected.  Any child exits
+        after `hold` seconds or on cleanup.
         """
-        if reader not in ("none", "stalled"):
-            raise ValueError("reader must be 'none' or 'stalled'")
+        if reader not in ("none", "stalled", "reflect"):
+            raise ValueError("reader must be 'none', 'stalled' or 'reflect'")
+        if max_frames < 0 or delay < 0:
+            raise ValueError("max_frames and delay must be >= 0")
         self.ip(self.bridge_ns, "tuntap", "add", "dev", name, "mode", "tap")
         tap = TapPort(name=name, reader=reader)
         self.taps[name] = tap
@@ -514,12 +618,24 @@ class Lab:
         self.ip(self.bridge_ns, "link", "set", name, "master", self.bridge)
         self.ip(self.bridge_ns, "link", "set", name, "up")
         if reader == "stalled":
-            tap.proc = self._start_stalled_reader(name, hold)
+            tap.proc = self._start_tap_child(name, _STALLED_READER, [repr(hold)])
+        elif reader == "reflect":
+            tap.proc = self._start_tap_child(name, _REFLECTOR, [repr(hold), str(max_frames),
+                                                                repr(delay)])
         return tap
 
     def _start_stalled_reader(self, name: str, hold: float) -> subprocess.Popen:
         """Start (and wait for) a child holding the tap's fd without reading."""
-        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _STALLED_READER, name, repr(hold)])
+        return self._start_tap_child(name, _STALLED_READER, [repr(hold)])
+
+    def _start_tap_child(self, name: str, script: str, args: Sequence[str]) -> subprocess.Popen:
+        """Start a child that attaches to tap NAME; return once it says "ready".
+
+        Waiting matters: until the child holds the fd the tap has no carrier
+        and the bridge port is disabled, so frames sent earlier would not
+        reach it at all.
+        """
+        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", script, name] + list(args))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 preexec_fn=_set_pdeathsig)
         self._children.append(proc)
@@ -527,9 +643,31 @@ class Lab:
         line = proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             _kill_pid(proc)
-            raise LabError("stalled reader for %s did not start: %s" % (
+            raise LabError("tap child for %s did not start: %s" % (
                 name, proc.stderr.read().decode(errors="replace").strip()))
         return proc
+
+    def stop_tap_reader(self, name: str, timeout: float = 5.0) -> Optional[int]:
+        """Stop tap NAME's child (by PID) and return how many frames it reflected.
+
+        None for readers that do not count (stalled) or if the count was lost.
+        The tap stays on the bridge, now without carrier (reader "none").
+        """
+        tap = self.taps[name]
+        proc, tap.proc = tap.proc, None
+        if proc is None:
+            return None
+        _kill_pid(proc, grace=timeout)
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+        if proc in self._children:
+            self._children.remove(proc)
+        fields = out.split()
+        if "reflected" in fields:
+            return int(fields[fields.index("reflected") + 1])
+        return None
 
     STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
@@ -593,6 +731,144 @@ class Lab:
             if time.monotonic() > end:
                 raise LabError("STP still converging after %.0fs: %r" % (timeout, states))
             time.sleep(0.25)
+
+    def stp_states(self, netns: str) -> Dict[str, str]:
+        """port -> STP state name for every port of the bridge(s) in NETNS."""
+        import json
+        out = run(["bridge", "-n", netns, "-j", "link"]).stdout
+        return {p["ifname"]: p.get("state", "?") for p in json.loads(out or b"[]")}
+
+    # ---- a second bridge, joined to ours twice: a real layer-2 loop -------
+    PEER_BRIDGE = "br-peer"
+
+    def add_peer_bridge_loop(self, links: int = 2, stp: bool = False, root: str = "peer",
+                             hold: float = 60.0, settle: float = 20.0) -> PeerLoop:
+        """Add bridge br-peer in namespace <prefix>-peer, joined to the lab bridge by
+        `links` veth pairs (<prefix>l1 <-> p1, <prefix>l2 <-> p2, ...), all up.
+
+        Why a second bridge rather than add_loop(): two switches cabled twice
+        is how real loops happen, and it lets the redundant port block on
+        either side.  stp must equal Lab(stp=...): the lab bridge keeps its own
+        setting, and a half-STP loop would quietly not storm.
+
+        stp=False: nothing blocks.  Lab namespaces are silent (no IPv6, no
+        snooping), so the loop is quiet until someone floods a frame; then a
+        single broadcast circulates forever (links=2: one copy each way, each
+        lap also delivered to every host; links>=3 multiplies it every hop).
+        End it with break_loop().  As a bound, a watchdog child of ours does
+        the same after `hold` seconds (its clock starts before the links come
+        up), and cleanup deletes the namespaces.
+
+        stp=True: STP on br-peer too, with the lab's minimum timers; the
+        bridge named by `root` ("peer" or "lab") is made STP root through its
+        priority, so the blocking ports (links-1 of them) end up on the other
+        bridge.  Waits, bounded by `settle` seconds, until no port of either
+        bridge is listening/learning and exactly links-1 loop ports block.
+        The watchdog runs here too (a deleted link is a topology change, so
+        keep `hold` longer than the test).
+
+        Returns the PeerLoop (also kept as self.peer_loop): links, per-port
+        states, which (netns, port) block/forward, convergence time.
+        """
+        if links < 2:
+            raise ValueError("a loop needs links >= 2")
+        if root not in ("lab", "peer"):
+            raise ValueError("root must be 'lab' or 'peer'")
+        if bool(stp) != bool(self.stp):
+            raise LabError("add_peer_bridge_loop(stp=%s) on Lab(stp=%s): both bridges must "
+                           "agree (build the Lab with stp=%s)" % (stp, self.stp, stp))
+        if self.peer_loop is not None:
+            raise LabError("this lab already has a peer bridge loop")
+        netns = self.add_netns("%s-peer" % self.prefix)
+        loop = PeerLoop(netns=netns, bridge=self.PEER_BRIDGE, mac="%s:fd" % self.mac_base,
+                        links=[], stp=bool(stp), root=root if stp else None)
+        self.peer_loop = loop
+        args = self._stp_args(bool(stp))
+        if stp:
+            # Bridge id = priority then MAC; the lab bridge keeps the default
+            # 32768, so 4096 makes the peer root and 61440 makes it lose.
+            args += ["priority", "4096" if root == "peer" else "61440"]
+        self.ip(netns, "link", "add", loop.bridge, "address", loop.mac, "type", "bridge",
+                *args, "mcast_snooping", "0")
+        self.ip(netns, "link", "set", loop.bridge, "up")
+        for i in range(1, links + 1):
+            lab_port, peer_port = "%sl%d" % (self.prefix, i), "p%d" % i
+            self.ip(self.bridge_ns, "link", "add", lab_port, "type", "veth",
+                    "peer", "name", peer_port, "netns", netns)
+            self.ip(self.bridge_ns, "link", "set", lab_port, "master", self.bridge)
+            self.ip(netns, "link", "set", peer_port, "master", loop.bridge)
+            loop.links.append((lab_port, peer_port))
+        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _LOOP_WATCHDOG, repr(hold)]
+                       + [lab for lab, _ in loop.links[1:]])
+        loop.watchdog = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
+        self._children.append(loop.watchdog)
+        start = time.monotonic()
+        for lab_port, peer_port in loop.links:
+            self.ip(self.bridge_ns, "link", "set", lab_port, "up")
+            self.ip(netns, "link", "set", peer_port, "up")
+        if stp:
+            self._wait_peer_loop_converged(loop, start, settle)
+        else:
+            self.peer_loop_states()
+        return loop
+
+    def _wait_peer_loop_converged(self, loop: PeerLoop, start: float, settle: float) -> None:
+        """Poll both bridges until STP settled with links-1 blocking loop ports."""
+        end = start + settle
+        while True:
+            lab, peer = self.stp_states(self.bridge_ns), self.stp_states(loop.netns)
+            states = self.peer_loop_states()
+            busy = [p for p, st in list(lab.items()) + list(peer.items())
+                    if st in ("listening", "learning")]
+            if not busy and len(loop.blocking) == len(loop.links) - 1 \
+                    and len(loop.forwarding) == len(loop.links) + 1:
+                loop.converge_s = time.monotonic() - start
+                return
+            if time.monotonic() > end:
+                raise LabError("peer loop not converged after %.0fs: %r" % (
+                    settle, {"%s:%s" % k: v for k, v in states.items()}))
+            time.sleep(0.1)
+
+    def peer_loop_states(self) -> Dict[tuple, str]:
+        """Re-read the STP state of every remaining loop port: (netns, port) -> state."""
+        loop = self.peer_loop
+        if loop is None:
+            raise LabError("no peer bridge loop (call add_peer_bridge_loop first)")
+        lab, peer = self.stp_states(self.bridge_ns), self.stp_states(loop.netns)
+        loop.states = {}
+        for lab_port, peer_port in loop.links:
+            if lab_port in loop.broken:
+                continue
+            loop.states[(self.bridge_ns, lab_port)] = lab.get(lab_port, "?")
+            loop.states[(loop.netns, peer_port)] = peer.get(peer_port, "?")
+        return loop.states
+
+    def break_loop(self, keep: int = 1) -> List[str]:
+        """Delete every loop link except link number `keep` (1-based): the storm stops.
+
+        With links=2 this deletes exactly one veth pair.  Deleting the lab end
+        removes its peer in <prefix>-peer too.  Stops the watchdog (by PID),
+        since nothing is left for it to do.  Returns the deleted lab ports.
+        """
+        loop = self.peer_loop
+        if loop is None:
+            raise LabError("no peer bridge loop to break")
+        if not 1 <= keep <= len(loop.links):
+            raise ValueError("keep must be 1..%d" % len(loop.links))
+        victims = [lab for i, (lab, _) in enumerate(loop.links, 1)
+                   if i != keep and lab not in loop.broken]
+        for dev in victims:
+            # check=False: the watchdog may have beaten us to it.
+            self.ip(self.bridge_ns, "link", "del", dev, check=False)
+            loop.broken.append(dev)
+        if loop.watchdog is not None:
+            _kill_pid(loop.watchdog)
+            if loop.watchdog in self._children:
+                self._children.remove(loop.watchdog)
+            loop.watchdog = None
+        self.peer_loop_states()
+        return victims
 
     def set_mtu(self, netns: str, dev: str, mtu: int) -> None:
         self.ip(netns, "link", "set", dev, "mtu", str(mtu))
@@ -658,6 +934,7 @@ class Lab:
                 run(["ip", "netns", "del", name], check=False)
         self._namespaces.clear()
         self.hosts.clear()
+        self.peer_loop = None
 
 
 # --------------------------------------------------------------------------

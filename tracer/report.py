@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tracer.aggregate import DropGroup
 from tracer.decode import proto_name
-from tracer.explain import DropContext, explain, stage_of
+from tracer.explain import DropContext, explain, same_port_mac, stage_of
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class DropRow:
     count: int
     rate: float
     explanation: str
+    same_port_mac: str = ""  # destination suppressed because it is learned on the ingress port
 
     def record(self) -> dict:
         """The `"kind": "drop"` JSON record."""
@@ -62,7 +63,7 @@ def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict) -> list
             bridge=bridge.name, netns=bridge.netns.name, port=port, reason=reason,
             function=function, location=sym.location, stage=stage_of(function),
             proto=next(iter(protos), ""), protos=protos, count=g.count, rate=g.rate,
-            explanation=explain(ctx)))
+            explanation=explain(ctx), same_port_mac=same_port_mac(ctx)))
     return rows
 
 
@@ -73,5 +74,5 @@ def sample_record(rec: dict, bridge, reasons, kallsyms, names: dict) -> dict:
            "port": names.get(rec["ifindex"]) or bridge.port_name(rec["ifindex"]),
            "reason": reasons.name(rec["reason"]), "function": base_function(sym.name),
            "location": sym.location}
-    out.update({k: v for k, v in rec.items() if k not in ("ifindex", "reason", "location")})
+    out.update({k: v for k, v in rec.items() if k not in ("kind", "ifindex", "reason", "location")})
     return out

@@ -21,6 +21,9 @@ from tracer.slots import SlotTable
 from tracer.topology import Topology, resolve_netns
 
 
+HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "fdb.bpf.c": "fdb"}
+
+
 class Stopped(Exception):
     """SIGTERM (or SIGINT) asked the run to end; the summary is still printed."""
 
@@ -44,6 +47,8 @@ class BridgeRun:
     def __init__(self, cfg: Config, sources: tuple, defines: dict | None = None):
         self.cfg = cfg
         self.sources = sources
+        # hook names (tracer/probes.py) these sources implement, for headers
+        self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
         self.extra_defines = defines or {}
         self.session: Session | None = None
         self.topo: Topology | None = None

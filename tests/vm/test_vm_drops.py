@@ -317,7 +317,7 @@ def test_nothing_else_and_summary_totals(run):
     s = only(t.kind("summary"))
     assert s["drops"] == sum(expected.values()) == len(FAULTS) * K
     assert s["stats"]["drops_seen"] == len(FAULTS) * K
-    assert s["probes"] == {"drops": "raw_tracepoint:kfree_skb"}
+    assert s["probes"]["drops"] == "raw_tracepoint:kfree_skb"   # other hooks may join
     assert s["netns"] == lab.bridge_ns
     assert t.returncode == 0, t.stderr
 

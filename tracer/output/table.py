@@ -50,3 +50,14 @@ def drops_table(rows: list, width: int = 80, rates: bool = True) -> list[str]:
     for i, note in enumerate(notes, 1):
         out.extend(textwrap.wrap(f"[{i}] {note}", width=width, subsequent_indent="    "))
     return out
+
+
+def findings_lines(findings: list, width: int = 80) -> list[str]:
+    """Findings as wrapped text: severity, type and ports, then message and hint."""
+    out = ["", "findings:"]
+    for f in findings:
+        head = f"{f.severity.upper()} {f.type} on {', '.join(f.ports)}: "
+        out.extend(textwrap.wrap(head + f.message, width=width, subsequent_indent="    "))
+        out.extend(textwrap.wrap("try: " + f.hint, width=width, initial_indent="    ",
+                                 subsequent_indent="    "))
+    return out

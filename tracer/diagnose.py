@@ -1,0 +1,189 @@
+"""From counters to findings: what is wrong on the bridge, which ports, what
+to try. Pure: reads a BridgeState, drop rows and the bridge topology.
+
+Each detector returns Finding records with evidence numbers, a plain-language
+conclusion and the confirming step an operator would take. Thresholds are
+deliberately conservative: a healthy bridge yields no finding.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tracer.aggregate import BridgeState
+
+# A MAC that moved this many times during the run is flapping.
+FLAP_MIN_MOVES = 3
+# Flooded frames seen coming back at least this often make a loop finding.
+LOOP_MIN_FRAMES = 5
+# Per-port rates (frames/s over the last interval) that make a storm.
+STORM_BROADCAST_PPS = 500.0
+STORM_ARP_PPS = 100.0
+
+
+@dataclass
+class Finding:
+    type: str                 # own_address_echo, mac_flap, l2_loop, storm, not_forwarded
+    bridge: str
+    ports: list
+    severity: str             # critical, warning
+    message: str
+    hint: str
+    evidence: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"kind": "finding", "type": self.type, "bridge": self.bridge, "ports": self.ports,
+                "severity": self.severity, "message": self.message, "hint": self.hint,
+                "evidence": self.evidence}
+
+
+@dataclass
+class Inputs:
+    bridge: object            # topology.Bridge (current)
+    state: BridgeState
+    seconds: float            # run length so far
+    drop_rows: list = field(default_factory=list)
+    ns_prefix: str = ""       # "ip netns exec NS " when the bridge lives in a namespace
+
+
+def _forwarding(inp: Inputs, port: str) -> bool:
+    """STP-blocked ports receive the loop's frames and discard them: that is
+    STP working, not a loop."""
+    for p in inp.bridge.ports.values():
+        if p.name == port:
+            return p.stp_state == "forwarding"
+    return True
+
+
+def own_address_echo(inp: Inputs) -> list:
+    out = []
+    for port, values in sorted(inp.state.totals.items()):
+        n = values.get("echoes", 0)
+        if not n or port == inp.bridge.name:
+            continue
+        macs = Counter(e.get("src_mac") for e in inp.state.echoes if e["port"] == port)
+        out.append(Finding(
+            "own_address_echo", inp.bridge.name, [port], "critical",
+            f"{n} frames entered {inp.bridge.name} on {port} with one of the bridge's own MACs "
+            f"as source (what dmesg reports, rate-limited, as 'received packet on {port} with "
+            f"own address as source address'): something behind {port} sends the bridge's "
+            f"frames back",
+            f"confirm: take {port} out of the bridge (`{inp.ns_prefix}ip link set {port} nomaster`); "
+            f"if the echoes stop, the device or VPN behind {port} is reflecting frames",
+            {"frames": n, "per_second": round(inp.state.rate(port, "echoes"), 1),
+             "own_macs_seen": dict(macs.most_common(3))}))
+    return out
+
+
+def mac_flap(inp: Inputs) -> list:
+    out = []
+    for m in sorted(inp.state.macs.values(), key=lambda m: -m.count):
+        moves = m.count - 1
+        if moves < FLAP_MIN_MOVES or len(m.ports) < 2:
+            continue
+        rate = m.interval_moves / inp.state.interval if inp.state.interval else 0.0
+        vlan = f" (VLAN {m.vlan})" if m.vlan else ""
+        ports = " and ".join(m.ports[:4])
+        out.append(Finding(
+            "mac_flap", inp.bridge.name, list(m.ports), "critical" if moves >= 10 * FLAP_MIN_MOVES else "warning",
+            f"MAC {m.mac}{vlan} moved {moves} times between {ports}: the bridge keeps relearning it, "
+            f"so frames for it go to the wrong port part of the time",
+            f"a MAC lives behind one port; a loop or a port that reflects frames makes it jump "
+            f"(see the other findings for {ports}); `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
+            {"mac": m.mac, "vlan": m.vlan, "moves": moves, "moves_per_second": round(rate, 1),
+             "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1)}))
+    return out
+
+
+def l2_loop(inp: Inputs) -> list:
+    st = inp.state
+    counts = {}
+    for port, values in st.totals.items():
+        n = values.get("returns", 0) + values.get("reentries", 0)
+        if n >= LOOP_MIN_FRAMES and _forwarding(inp, port) and port != inp.bridge.name:
+            counts[port] = (values.get("returns", 0), values.get("reentries", 0))
+    if not counts:
+        return []
+    total = sum(r + e for r, e in counts.values())
+    evidence = {"frames_back": total, "per_port": {p: {"returned": r, "reentered": e}
+                                                   for p, (r, e) in sorted(counts.items())}}
+    if len(counts) == 1:
+        (port, (returned, reentered)), = counts.items()
+        return [Finding(
+            "l2_loop", inp.bridge.name, [port], "critical",
+            f"{port} reflects: {total} flooded frames that the bridge sent out of {port} came back "
+            f"in through {port} itself",
+            f"confirm: `{inp.ns_prefix}ip link set {port} nomaster`; if the returns (and echoes, "
+            f"MAC moves) stop, the device or VPN behind {port} sends frames back",
+            {**evidence, "kind": "reflecting_port"})]
+    ports = sorted(counts)
+    return [Finding(
+        "l2_loop", inp.bridge.name, ports, "critical",
+        f"layer-2 loop through {', '.join(ports)}: {total} flooded frames left the bridge and came "
+        f"back in through another of these ports",
+        f"enable STP on every bridge of the loop (`{inp.ns_prefix}ip link set {inp.bridge.name} type "
+        f"bridge stp_state 1`) or unplug one link (`{inp.ns_prefix}ip link set {ports[-1]} nomaster`)",
+        {**evidence, "kind": "loop_between_ports"})]
+
+
+def storm(inp: Inputs) -> list:
+    """Per-port broadcast/ARP rates at their peak interval of the run, so a
+    storm that has since stopped is still reported (with its current rate)."""
+    out = []
+    st = inp.state
+    for port in sorted(st.peaks):
+        if port == inp.bridge.name:
+            continue
+        bcast = max(st.peak(port, "rx_broadcast"), st.peak(port, "rx_multicast"))
+        arp = st.peak(port, "rx_arp")
+        if bcast < STORM_BROADCAST_PPS and arp < STORM_ARP_PPS:
+            continue
+        now = st.rate(port, "rx_broadcast") + st.rate(port, "rx_multicast")
+        arps = st.total(port, "rx_arp")
+        dups = st.total(port, "arp_duplicates")
+        targets = Counter(e.get("arp_tpa") for e in st.loops if e["port"] == port and e.get("arp_tpa"))
+        dup_ratio = round(dups / arps, 3) if arps else 0.0
+        out.append(Finding(
+            "storm", inp.bridge.name, [port], "critical" if bcast >= 4 * STORM_BROADCAST_PPS else "warning",
+            f"broadcast storm on {port}: up to {bcast:.0f} broadcast/multicast frames/s "
+            f"(now {now:.0f}/s), up to {arp:.0f} ARP/s"
+            + (f"; {dup_ratio:.0%} of ARP frames are copies coming back" if dups else ""),
+            "copies coming back point at a loop or a reflecting port (see l2_loop); without copies, "
+            f"look at who sends: `{inp.ns_prefix}tcpdump -eni {port} broadcast`",
+            {"peak_broadcast_per_second": round(bcast, 1), "broadcast_per_second": round(now, 1),
+             "peak_arp_per_second": round(arp, 1), "arp_duplicate_ratio": dup_ratio,
+             "top_arp_targets": dict(targets.most_common(5))}))
+    return out
+
+
+def not_forwarded(inp: Inputs) -> list:
+    """Frames the bridge receives but does not send on: drop rows where
+    br_forward() refused to send a frame back out of its ingress port."""
+    out = []
+    for row in inp.drop_rows:
+        mac = row.same_port_mac
+        if not mac:
+            continue
+        flapped = next((m for (a, _vlan), m in inp.state.macs.items() if a == mac), None)
+        where = (f"; {mac} has been learned on {', '.join(flapped.ports)} (it moves)"
+                 if flapped and len(flapped.ports) > 1 else "")
+        out.append(Finding(
+            "not_forwarded", inp.bridge.name, [row.port], "critical",
+            f"{row.count} frames for {mac} entered on {row.port} and were not forwarded: the FDB "
+            f"places {mac} behind {row.port} itself, so the bridge will not send them back out{where}",
+            f"frames for {mac} should not arrive on {row.port}; find what reflects or loops them "
+            f"there, then `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {mac}` should "
+            "name the right port again",
+            {"mac": mac, "frames": row.count, "function": row.function}))
+    return out
+
+
+DETECTORS = (own_address_echo, mac_flap, l2_loop, storm, not_forwarded)
+
+
+def diagnose(inp: Inputs) -> list:
+    out = []
+    for detector in DETECTORS:
+        out.extend(detector(inp))
+    return out

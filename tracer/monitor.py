@@ -1,0 +1,110 @@
+"""The userspace half of a run: reads the kernel maps each interval, decodes
+ring-buffer records as they come, and keeps the aggregated state every view
+renders (drops, loops, and later top and export).
+
+`drive()` is the one run loop: poll events, tick every interval, follow the
+bridge's ports, stop on duration, signal or a vanished bridge.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tracer import abi
+from tracer.aggregate import BridgeState, DropState
+from tracer.decode import parse_event
+from tracer.diagnose import Inputs, diagnose
+from tracer.errors import BridgeGone
+from tracer.report import drop_rows, sample_record
+from tracer.session import BridgeRun, Stopped
+
+
+class Monitor:
+    def __init__(self, run: BridgeRun):
+        self.run = run
+        self.drops = DropState()
+        self.bridge_state = BridgeState()
+        self.bad_records = 0
+        self._pending: list = []
+        run.session.on_events(self._pending.append)
+
+    # -- per record -----------------------------------------------------------
+    def drain(self, emit=None) -> None:
+        """Decode queued records; `emit(record)` gets the JSON form of each
+        sampled drop (views that stream samples pass it)."""
+        run = self.run
+        while self._pending:
+            raw = self._pending.pop(0)
+            try:
+                rec = parse_event(raw)
+            except ValueError:
+                self.bad_records += 1
+                continue
+            if rec["kind"] == "drop":
+                self.drops.add_sample(rec)
+                if emit:
+                    emit(sample_record(rec, run.bridge, run.kernel.reasons, run.kernel.kallsyms, run.names))
+            else:
+                self.bridge_state.add_event(rec, self.port_name)
+
+    def port_name(self, ifindex: int) -> str:
+        return self.run.names.get(ifindex) or self.run.bridge.port_name(ifindex)
+
+    # -- per interval ---------------------------------------------------------
+    def tick(self) -> None:
+        """Fold a snapshot of every kernel map the run has loaded."""
+        session, now = self.run.session, time.monotonic()
+        if session.has_map("drop_counts"):
+            self.drops.fold_counts(session.drop_counts(), now)
+        slots = sorted(self.run.slots.owner)
+        names = {slot: self.run.slot_name(slot) for slot in slots}
+        counters = {names[slot]: {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values)
+                                  if i in abi.PORT_COUNTER_NAMES}
+                    for slot, values in session.port_counters(slots).items()}
+        matrix = {(names[i], names[j]): v for (i, j), v in session.forward_matrix(slots).items()}
+        moves = []
+        for m in session.fdb_moves():
+            moves.append({**m, "port": names.get(m["slot"]),
+                          "prev_port": names.get(m["prev_slot"]) if m["count"] > 1 else None})
+        self.bridge_state.fold(counters, matrix, moves, now)
+
+    def rows(self) -> list:
+        run = self.run
+        return drop_rows(self.drops.groups(), run.bridge, run.fdb(), run.kernel.reasons,
+                         run.kernel.kallsyms, run.names)
+
+    def findings(self, rows=None) -> list:
+        run = self.run
+        ns = f"ip netns exec {run.netns.name} " if run.netns.name else ""
+        return diagnose(Inputs(bridge=run.bridge, state=self.bridge_state, seconds=run.elapsed(),
+                               drop_rows=self.rows() if rows is None else rows, ns_prefix=ns))
+
+    def stats(self) -> dict:
+        out = self.run.session.stats() if self.run.session else {}
+        out["bad_records"] = self.bad_records
+        return out
+
+
+def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None):
+    """Run until the duration ends or a signal arrives. Returns a BridgeGone
+    error if the bridge vanished (the caller prints the summary first)."""
+    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
+    next_tick = time.monotonic() + cfg.interval
+    try:
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            wait = min(next_tick, deadline or next_tick) - now
+            run.session.poll(max(1, int(wait * 1000)))
+            monitor.drain(emit)
+            if time.monotonic() >= next_tick:
+                next_tick += cfg.interval
+                run.refresh()
+                monitor.tick()
+                if on_interval:
+                    on_interval()
+    except BridgeGone as exc:
+        return exc
+    except Stopped:
+        return None
