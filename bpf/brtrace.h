@@ -59,6 +59,16 @@
 #define PC_FDB_LEARNED 11  /* FDB entries created on or moved to this port */
 #define PORT_COUNTERS 16
 
+/* Bridge decisions per ingress slot, seen by kprobes on the bridge's own
+ * functions where the kernel has kprobes (`decisions`, per-CPU array indexed
+ * by slot * DECISIONS + decision). */
+#define DEC_FORWARD 0        /* br_forward() to a forwarding port */
+#define DEC_SAME_PORT 1      /* br_forward() refused: destination is the ingress port */
+#define DEC_NOT_FORWARDING 2 /* br_forward() refused: egress port not forwarding */
+#define DEC_FLOOD 3          /* br_flood(): unknown unicast, broadcast, multicast */
+#define DEC_LOCAL 4          /* br_pass_frame_up(): delivered to the bridge itself */
+#define DECISIONS 8
+
 /* A flooded frame seen again within this window (ns) counts as looping: loops
  * return in micro- to milliseconds, ARP retransmits come a second apart. */
 #define LOOP_WINDOW_NS 200000000ULL

@@ -99,5 +99,8 @@ class FrameEvent(ctypes.Structure):
 STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
            "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent}
 
-# Names of the per-port counters (PC_* in the header), in slot order.
+# Names of the per-port counters (PC_* in the header), by index.
 PORT_COUNTER_NAMES = {v: k[3:].lower() for k, v in CONST.items() if k.startswith("PC_")}
+# Names of the per-port decision counters (DEC_* in the header), by index;
+# prefixed so they sit beside the port counters without clashing.
+DECISION_NAMES = {v: "decided_" + k[4:].lower() for k, v in CONST.items() if k.startswith("DEC_")}

@@ -158,24 +158,29 @@ def storm(inp: Inputs) -> list:
 
 
 def not_forwarded(inp: Inputs) -> list:
-    """Frames the bridge receives but does not send on: drop rows where
-    br_forward() refused to send a frame back out of its ingress port."""
+    """Frames the bridge receives but does not send on because the FDB places
+    their destination behind their ingress port. Counted exactly by the
+    br_forward() kprobe where the kernel has kprobes (decided_same_port);
+    otherwise read from the drop rows, whose sampled frames name the MAC."""
     out = []
-    for row in inp.drop_rows:
-        mac = row.same_port_mac
-        if not mac:
-            continue
-        flapped = next((m for (a, _vlan), m in inp.state.macs.items() if a == mac), None)
+    by_port = {row.port: row for row in inp.drop_rows if row.same_port_mac}
+    exact = {p: v["decided_same_port"] for p, v in inp.state.totals.items() if v.get("decided_same_port")}
+    for port in sorted(set(by_port) | set(exact)):
+        row = by_port.get(port)
+        frames = exact.get(port, row.count if row else 0)
+        mac = row.same_port_mac if row else ""
+        flapped = next((m for (a, _vlan), m in inp.state.macs.items() if a == mac), None) if mac else None
         where = (f"; {mac} has been learned on {', '.join(flapped.ports)} (it moves)"
                  if flapped and len(flapped.ports) > 1 else "")
+        what = f"frames for {mac}" if mac else "unicast frames"
         out.append(Finding(
-            "not_forwarded", inp.bridge.name, [row.port], "critical",
-            f"{row.count} frames for {mac} entered on {row.port} and were not forwarded: the FDB "
-            f"places {mac} behind {row.port} itself, so the bridge will not send them back out{where}",
-            f"frames for {mac} should not arrive on {row.port}; find what reflects or loops them "
-            f"there, then `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {mac}` should "
-            "name the right port again",
-            {"mac": mac, "frames": row.count, "function": row.function}))
+            "not_forwarded", inp.bridge.name, [port], "critical",
+            f"{frames} {what} entered on {port} and were not forwarded: the FDB places the "
+            f"destination behind {port} itself, so the bridge will not send them back out{where}",
+            f"such frames should not arrive on {port}; find what reflects or loops them there, then "
+            f"`{inp.ns_prefix}bridge fdb show br {inp.bridge.name}` should name the right port again",
+            {"mac": mac, "frames": frames, "exact": port in exact,
+             "function": row.function if row else "br_forward"}))
     return out
 
 

@@ -121,10 +121,17 @@ def _undeliverable_unicast(ctx: DropContext) -> str:
     return ""
 
 
+# STP states in which br_handle_frame() / br_handle_frame_finish() discard
+# what a port receives (learning still learns the source, then drops).
+NOT_FORWARDING = ("blocking", "listening", "learning", "disabled")
+
+
 def _stp(ctx: DropContext) -> str:
+    """Kernels >= 6.8 say BRIDGE_INGRESS_STP_STATE; older ones (6.1) say
+    NOT_SPECIFIED, and then the port's current state is the clue."""
     if ctx.reason != "BRIDGE_INGRESS_STP_STATE" and not (
-            ctx.function.startswith("br_handle_frame") and ctx.port
-            and ctx.port.stp_state in ("blocking", "listening", "disabled")):
+            ctx.reason == "NOT_SPECIFIED" and ctx.function.startswith("br_handle_frame")
+            and ctx.port and ctx.port.stp_state in NOT_FORWARDING):
         return ""
     state = ctx.port.stp_state if ctx.port else "not forwarding"
     return (f"port {ctx.port_name} is in STP state {state}: the bridge discards what it "
@@ -132,10 +139,16 @@ def _stp(ctx: DropContext) -> str:
 
 
 def _invalid_source(ctx: DropContext) -> str:
-    if ctx.reason != "MAC_INVALID_SOURCE":
-        return ""
+    """MAC_INVALID_SOURCE on kernels that have it; before that (6.1) a
+    NOT_SPECIFIED free in br_handle_frame() of frames whose sampled source MAC
+    is multicast or zero."""
     srcs = ctx.sample_values("src_mac")
-    src = f" ({srcs.most_common(1)[0][0]})" if srcs else ""
+    bad = Counter({m: n for m, n in srcs.items() if is_multicast(m) or m == "00:00:00:00:00:00"})
+    if ctx.reason != "MAC_INVALID_SOURCE" and not (
+            ctx.reason == "NOT_SPECIFIED" and ctx.function == "br_handle_frame"
+            and bad and sum(bad.values()) * 2 > sum(srcs.values())):
+        return ""
+    src = f" ({(bad or srcs).most_common(1)[0][0]})" if (bad or srcs) else ""
     return (f"source MAC{src} is not a valid unicast address (multicast or all-zero); "
             f"the bridge discards such frames on ingress; the sender behind {ctx.port_name} is broken")
 

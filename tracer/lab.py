@@ -818,7 +818,7 @@ class Lab:
         end = start + settle
         while True:
             lab, peer = self.stp_states(self.bridge_ns), self.stp_states(loop.netns)
-            states = self.peer_loop_states()
+            states = self._fill_loop_states(loop, lab, peer)
             busy = [p for p, st in list(lab.items()) + list(peer.items())
                     if st in ("listening", "learning")]
             if not busy and len(loop.blocking) == len(loop.links) - 1 \
@@ -835,7 +835,12 @@ class Lab:
         loop = self.peer_loop
         if loop is None:
             raise LabError("no peer bridge loop (call add_peer_bridge_loop first)")
-        lab, peer = self.stp_states(self.bridge_ns), self.stp_states(loop.netns)
+        return self._fill_loop_states(loop, self.stp_states(self.bridge_ns),
+                                      self.stp_states(loop.netns))
+
+    def _fill_loop_states(self, loop: PeerLoop, lab: Dict[str, str],
+                          peer: Dict[str, str]) -> Dict[tuple, str]:
+        """Set loop.states from one reading of each bridge's port states."""
         loop.states = {}
         for lab_port, peer_port in loop.links:
             if lab_port in loop.broken:

@@ -44,6 +44,10 @@ GROUPS = {
         ("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
         ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *"),
     )),
+    "decide.bpf.c": ((
+        ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
+        ("BRPORT_STATE_OFF", "net_bridge_port", "state"),
+    ), ()),
     "fdb.bpf.c": ((
         ("BR_DEV_OFF", "net_bridge", "dev"),
         ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
@@ -68,7 +72,7 @@ def kernel_defines(btf: Btf, sources=("drops.bpf.c",)) -> dict[str, int]:
         extra_fields, extra_args = GROUPS[src]
         fields += extra_fields
         args += extra_args
-    out = {name: btf.field(struct, path).offset for name, struct, path in fields}
+    out = {name: btf.field(struct, path).offset for name, struct, path in dict.fromkeys(fields)}
     for name, tp, type_name in args:
         out[name] = btf.arg_index(tp, type_name)
     return out
@@ -227,6 +231,13 @@ class Session:
                     if v:
                         out[(i, j)] = v
         return out
+
+    def decisions(self, slots) -> dict[int, list]:
+        """slot -> the DECISIONS counters (kprobe mode only; {} otherwise)."""
+        if not self.has_map("decisions"):
+            return {}
+        table, n = self.bpf["decisions"], abi.CONST["DECISIONS"]
+        return {slot: [sum(table[ctypes.c_int(slot * n + d)]) for d in range(n)] for slot in slots}
 
     def fdb_moves(self) -> list[dict]:
         """Every MAC the FDB hook saw created or moved (bounded LRU)."""

@@ -61,6 +61,9 @@ class Monitor:
         counters = {names[slot]: {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values)
                                   if i in abi.PORT_COUNTER_NAMES}
                     for slot, values in session.port_counters(slots).items()}
+        for slot, values in session.decisions(slots).items():
+            counters.setdefault(names[slot], {}).update(
+                {abi.DECISION_NAMES[i]: v for i, v in enumerate(values) if i in abi.DECISION_NAMES})
         matrix = {(names[i], names[j]): v for (i, j), v in session.forward_matrix(slots).items()}
         moves = []
         for m in session.fdb_moves():

@@ -21,7 +21,8 @@ from tracer.slots import SlotTable
 from tracer.topology import Topology, resolve_netns
 
 
-HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "fdb.bpf.c": "fdb"}
+HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bpf.c": "forward",
+                  "fdb.bpf.c": "fdb"}
 
 
 class Stopped(Exception):
@@ -49,6 +50,7 @@ class BridgeRun:
         self.sources = sources
         # hook names (tracer/probes.py) these sources implement, for headers
         self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
+        self.mode = None               # forward hook's mechanism, once open
         self.extra_defines = defines or {}
         self.session: Session | None = None
         self.topo: Topology | None = None
@@ -63,6 +65,11 @@ class BridgeRun:
         self.topo = Topology(self.netns)
         self.bridge = self.topo.bridge(self.cfg.bridge)
         self.kernel = Kernel.open()
+        forward = self.kernel.choice("forward").picked
+        if "forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe":
+            # The bridge's own functions are hookable: add exact decisions.
+            self.sources = self.sources + ("decide.bpf.c",)
+        self.mode = forward.mechanism if forward and "forward.bpf.c" in self.sources else None
         defines = kernel_defines(self.kernel.btf, self.sources)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        RINGBUF_PAGES=64)

@@ -135,3 +135,17 @@ def test_wide_table_shows_offsets_and_clone_suffixes_are_stripped():
     wide = drops_table([row], width=120)
     assert wide[0].split()[2] == "LOCATION" and "constprop.0+0x10" in wide[2]
     assert all(len(line) <= 80 for line in drops_table([row], width=80))
+
+
+def test_61_style_not_specified_drops_are_still_explained():
+    """6.1 has no bridge drop reasons: the port state and the sampled source
+    MAC explain NOT_SPECIFIED frees in br_handle_frame*()."""
+    nspec = REASONS.value("NOT_SPECIFIED")
+    learning = Port(8, "vnet8", "veth", "02:00:00:00:00:08", 1500, "UP", 1000, "learning")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 8: learning})
+    s = DropState()
+    s.add_sample({"ifindex": 3, "reason": nspec, "location": HANDLE, "src_mac": "01:00:5e:00:00:01"})
+    s.fold_counts({(8, nspec, FINISH, 0x0800): 4, (3, nspec, HANDLE, 0x0800): 2}, 1.0)
+    rows = {r.port: r for r in drop_rows(s.groups(), bridge, [], REASONS, KALLSYMS, {})}
+    assert "STP state learning" in rows["vnet8"].explanation
+    assert "01:00:5e:00:00:01" in rows["vnet0"].explanation

@@ -20,7 +20,9 @@ def header(run: BridgeRun, view: str) -> str:
     ns = f" (netns {run.netns.name})" if run.netns.name else ""
     hooks = ", ".join(f"{c.hook.name}={c.picked.mechanism}" for c in run.kernel.choices
                       if c.picked and c.hook.name in run.hooks)
-    return f"brtrace {view}: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, {hooks}"
+    mode = {"kprobe": ", forwarding seen by kprobes on the bridge",
+            "raw_tracepoint": ", forwarding reconstructed from tracepoints (no kprobes)"}.get(run.mode, "")
+    return f"brtrace {view}: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, {hooks}{mode}"
 
 
 
@@ -65,7 +67,7 @@ def _interval(cfg, monitor, out):
 def summary_record(run, view, monitor, rows, findings) -> dict:
     return {"kind": "summary", "view": view, "bridge": run.bridge.name, "netns": run.netns.name,
             "seconds": round(run.elapsed(), 3), "drops": sum(r.count for r in rows),
-            "findings": len(findings), "stats": monitor.stats(),
+            "findings": len(findings), "mode": run.mode, "stats": monitor.stats(),
             "probes": {c.hook.name: (f"{c.picked.mechanism}:{c.picked.target}" if c.picked else None)
                        for c in run.kernel.choices if c.hook.name in run.hooks}}
 
