@@ -122,22 +122,21 @@ static __always_inline void flood_ingress(__u32 slot, __u32 ifindex, const void 
 {
 	__u64 fp = fingerprint(words, wire);
 	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
-	if (seen && now - seen->ts_ns < LOOP_WINDOW_NS && (seen->out_mask[0] | seen->out_mask[1])) {
+	/* A copy entering through the port the frame first came in by is that
+	 * host repeating itself (GARP bursts, retransmits): the bridge never sends
+	 * a frame back out of its ingress port, so no loop returns it there. */
+	if (seen && now - seen->ts_ns < LOOP_WINDOW_NS && slot != seen->in_slot &&
+	    (seen->out_mask[0] | seen->out_mask[1])) {
 		__u64 bit = 1ULL << (slot & 63);
 		__u64 mask = slot < 64 ? seen->out_mask[0] : seen->out_mask[1];
-		__u16 how = 0;
-		if (mask & bit)
-			how = 1;                 /* it left through this very port */
-		else if (slot != seen->in_slot)
-			how = 2;                 /* it left elsewhere and came back here */
-		if (how) {
-			count(slot, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
-			if (is_arp)
-				count(slot, PC_ARP_DUPLICATES, 1);
-			frame_event(EVENT_LOOP, ifindex, start, wire, how, seen->in_ifindex, now);
-			seen->ts_ns = now;
-			return;
-		}
+		/* 1: it left through this very port; 2: it left elsewhere, came back here */
+		__u16 how = (mask & bit) ? 1 : 2;
+		count(slot, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
+		if (is_arp)
+			count(slot, PC_ARP_DUPLICATES, 1);
+		frame_event(EVENT_LOOP, ifindex, start, wire, how, seen->in_ifindex, now);
+		seen->ts_ns = now;
+		return;
 	}
 	/* New (or a host repeating itself on its own port): remember where it entered. */
 	struct flood_seen fresh = {};

@@ -1,0 +1,114 @@
+"""`brtrace loops` on the incident's faults, built for real: a VPN tap that
+reflects every frame, two bridges cabled twice, the same with STP, a healthy
+bridge. Assertions are on the JSON findings and per-port counters."""
+
+import time
+
+import pytest
+
+from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
+
+pytestmark = pytest.mark.integration
+
+
+def loops_cmd(lab, duration="120"):
+    return ("loops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--interval", "0.5",
+            "--duration", duration)
+
+
+def findings(t, type_=None):
+    return [f for f in t.kind("finding") if type_ is None or f["type"] == type_]
+
+
+def ports(t):
+    return {p["port"]: p["counters"] for p in t.kind("port")}
+
+
+def test_reflecting_vpn_tap(lab, tracer_factory):
+    """tinc-like tap t3o writes every frame back: the bridge's own frames come
+    back (own-address echo), the VM's MAC flaps to t3o, frames for the VM are
+    sent to t3o and suppressed there. brtrace names t3o and no other port."""
+    vm, gw = lab.host(1), lab.host(2)
+    tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=10000)
+    t = tracer_factory(*loops_cmd(lab))
+    E, K, U = 12, 15, 9
+    # The bridge itself broadcasts (as br-int's own ARP would): each comes back on t3o.
+    send_frames(lab.bridge_ns, lab.bridge, ether(BROADCAST, lab.bridge_mac, ETH_P_LAB, b"own"), E,
+                interval=0.02)
+    # The VM broadcasts: each is reflected, so its MAC jumps vnet0 -> t3o -> vnet0 ...
+    send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"vm"), K, interval=0.05)
+    time.sleep(0.2)
+    # Now the FDB has the VM behind t3o: the gateway's frames for it never reach vnet0.
+    send_frames(gw.netns, gw.ifname, ether(vm.mac, gw.mac, ETH_P_LAB, b"to-vm"), U, interval=0.02)
+    t.stop(settle=0.8)
+
+    echo = findings(t, "own_address_echo")
+    assert [(f["ports"], f["evidence"]["frames"]) for f in echo] == [([tap.name], E)]
+    assert "ip link set " + tap.name + " nomaster" in echo[0]["hint"]
+
+    (loop,) = findings(t, "l2_loop")
+    assert loop["ports"] == [tap.name] and loop["evidence"]["kind"] == "reflecting_port"
+    assert loop["evidence"]["per_port"][tap.name]["returned"] == E + K
+
+    flaps = findings(t, "mac_flap")
+    vm_flap = [f for f in flaps if f["evidence"]["mac"] == vm.mac]
+    assert len(vm_flap) == 1 and sorted(vm_flap[0]["ports"]) == sorted([vm.port, tap.name])
+    assert vm_flap[0]["evidence"]["moves"] >= K
+
+    (nf,) = findings(t, "not_forwarded")
+    assert nf["ports"] == [tap.name] and nf["evidence"]["mac"] == vm.mac
+    assert nf["evidence"]["frames"] == U
+    # Every finding names the tap; only a flap also names the MAC's real home.
+    # The gateway's MAC flaps too: its frames to the VM are sent to t3o and come back.
+    assert all(tap.name in f["ports"] for f in findings(t))
+    assert all(f["ports"] == [tap.name] for f in findings(t) if f["type"] != "mac_flap")
+    homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
+    assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
+    assert ports(t)[tap.name]["echoes"] == E
+    assert ports(t)[gw.port]["echoes"] == 0 and ports(t)[vm.port]["returns"] == 0
+
+
+def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):
+    loop = lab.add_peer_bridge_loop(links=2, stp=False, hold=30)
+    link_ports = sorted(p for p, _peer in loop.links)
+    t = tracer_factory(*loops_cmd(lab))
+    h1 = lab.host(1)
+    send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1)
+    time.sleep(2.0)
+    lab.break_loop()          # bounded: the test ends the storm itself
+    t.stop(settle=1.0)
+    (lp,) = findings(t, "l2_loop")
+    assert lp["ports"] == link_ports and lp["evidence"]["kind"] == "loop_between_ports"
+    assert lp["evidence"]["frames_back"] > 1000
+    storms = findings(t, "storm")
+    assert storms and {p for f in storms for p in f["ports"]} <= set(link_ports)
+    flap = [f for f in findings(t, "mac_flap") if f["evidence"]["mac"] == h1.mac]
+    assert flap and set(flap[0]["ports"]) <= set(link_ports) | {h1.port}
+    assert not findings(t, "own_address_echo")
+
+
+def test_redundant_links_with_stp_are_not_a_loop(tracer_factory):
+    with Lab(prefix="brtistp", hosts=2, stp=True) as lab:
+        loop = lab.add_peer_bridge_loop(links=2, stp=True, hold=60)
+        assert loop.blocking, "STP did not block a redundant port"
+        t = tracer_factory(*loops_cmd(lab))
+        h1, h2 = lab.host(1), lab.host(2)
+        send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"b"), 20, interval=0.02)
+        assert ping(h1.netns, h2.ip, count=3, interval=0.2)
+        t.stop(settle=0.5)
+    assert findings(t) == [], findings(t)
+
+
+def test_healthy_bridge_has_no_findings(lab, tracer_factory):
+    h1, h2 = lab.host(1), lab.host(2)
+    t = tracer_factory(*loops_cmd(lab))
+    assert ping(h1.netns, h2.ip, count=5, interval=0.1)
+    send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"hello"), 20, interval=0.01)
+    t.stop()
+    assert findings(t) == []
+    counters = ports(t)
+    # ping: 5 requests + ARP; broadcasts counted exactly on the ingress port.
+    assert counters[h1.port]["rx_broadcast"] == 20 + 1   # 20 hellos + 1 ARP request
+    assert counters[h1.port]["rx_arp"] >= 1
+    summary = t.kind("summary")[0]
+    assert summary["mode"] == "raw_tracepoint" and summary["probes"]["forward"].startswith("raw_tracepoint")
