@@ -44,7 +44,8 @@
 #define MAX_PORTS 128
 
 /* Slots of a port's counters in `port_counters` (per-CPU array indexed by
- * slot * PORT_COUNTERS + counter). Monotonic, never cleared. */
+ * slot * PORT_COUNTERS + counter). Monotonic, never cleared. Each *_BYTES
+ * follows its *_PACKETS (forward.bpf.c relies on it). */
 #define PC_RX_PACKETS 0
 #define PC_RX_BYTES 1
 #define PC_TX_PACKETS 2

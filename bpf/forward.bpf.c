@@ -146,19 +146,39 @@ static __always_inline void flood_ingress(__u32 slot, __u32 ifindex, const void 
 	flood_fingerprints.update(&fp, &fresh);
 }
 
+/* A frame on a watched device, in one direction. */
+struct hit {
+	__u32 watch;      /* watch value (0: not ours) */
+	__u32 slot;
+	__u32 ifindex;
+	__u32 wire;       /* frame size from the MAC header */
+	const void *start;
+	__u64 now;
+};
+
+/* The shared first steps of both hooks: is the device ours, and count the
+ * frame in `packets` and `packets + 1` (the matching bytes counter). */
+static __always_inline int port_hit(const void *skb, int packets, struct hit *h)
+{
+	h->watch = watched((const void *)read_u64(skb + SKB_DEV_OFF), &h->ifindex);
+	if (!h->watch)
+		return 0;
+	h->slot = (h->watch >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
+	h->now = bpf_ktime_get_ns();
+	h->start = frame_start(skb, &h->wire);
+	count(h->slot, packets, 1);
+	count(h->slot, packets + 1, h->wire);
+	return 1;
+}
+
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
-	const void *skb = (const void *)ctx->args[ARG_RX_SKB];
-	__u32 ifindex = 0;
-	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
-	if (!w)
+	struct hit h = {};
+	if (!port_hit((const void *)ctx->args[ARG_RX_SKB], PC_RX_PACKETS, &h))
 		return 0;
-	__u32 slot = (w >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
-	__u64 now = bpf_ktime_get_ns();
-	__u32 wire = 0;
-	const void *start = frame_start(skb, &wire);
-	count(slot, PC_RX_PACKETS, 1);
-	count(slot, PC_RX_BYTES, wire);
+	__u32 w = h.watch, slot = h.slot, ifindex = h.ifindex, wire = h.wire;
+	const void *start = h.start;
+	__u64 now = h.now;
 	if (w & WATCH_BRIDGE)
 		return 0;  /* br_pass_frame_up(): delivered to the bridge's own stack */
 
@@ -195,17 +215,12 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
-	const void *skb = (const void *)ctx->args[ARG_TX_SKB];
-	__u32 ifindex = 0;
-	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
-	if (!w)
+	struct hit h = {};
+	if (!port_hit((const void *)ctx->args[ARG_TX_SKB], PC_TX_PACKETS, &h))
 		return 0;
-	__u32 slot = (w >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
-	__u64 now = bpf_ktime_get_ns();
-	__u32 wire = 0;
-	const void *start = frame_start(skb, &wire);
-	count(slot, PC_TX_PACKETS, 1);
-	count(slot, PC_TX_BYTES, wire);
+	__u32 w = h.watch, slot = h.slot, wire = h.wire;
+	const void *start = h.start;
+	__u64 now = h.now;
 
 	int zero = 0;
 	struct current_ingress *cur = ingress_now.lookup(&zero);

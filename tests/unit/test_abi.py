@@ -40,3 +40,12 @@ def test_constants_come_from_header():
     # Stat slots must fit the array the BPF side declares.
     stats = [v for k, v in abi.CONST.items() if k.startswith("STAT_") and k != "STAT_SLOTS"]
     assert max(stats) < abi.CONST["STAT_SLOTS"]
+
+
+def test_bytes_counters_follow_their_packet_counters():
+    """forward.bpf.c's port_hit() counts bytes at `packets + 1`."""
+    c = abi.CONST
+    assert c["PC_RX_BYTES"] == c["PC_RX_PACKETS"] + 1
+    assert c["PC_TX_BYTES"] == c["PC_TX_PACKETS"] + 1
+    assert max(v for k, v in c.items() if k.startswith("PC_")) < c["PORT_COUNTERS"]
+    assert max(v for k, v in c.items() if k.startswith("DEC_")) < c["DECISIONS"]

@@ -8,33 +8,22 @@ with per-port counters.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from tabulate import tabulate
 
 from tracer.config import Config
-from tracer.monitor import Monitor, drive
-from tracer.output import jsonl
 from tracer.output.table import findings_lines
-from tracer.session import BridgeRun, Stopped, stop_on_signals
-from tracer.views.drops import header, summary_record, warn_run
-
-SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
-PORT_COLUMNS = ("rx_packets", "tx_packets", "rx_broadcast", "rx_arp", "echoes", "returns", "reentries")
+from tracer.views.base import View, run_view
 
 
-def port_records(run, monitor) -> list:
+def port_records(run, monitor, _rows) -> list:
     st = monitor.bridge_state
-    out = []
-    for port in sorted(st.totals):
-        out.append({"kind": "port", "bridge": run.bridge.name, "port": port,
-                    "counters": dict(st.totals[port]),
-                    "fdb_learned": st.total(port, "fdb_learned")})
-    return out
+    return [{"kind": "port", "bridge": run.bridge.name, "port": port, "counters": dict(st.totals[port])}
+            for port in sorted(st.totals)]
 
 
-def ports_table(run, monitor, width: int = 80) -> list[str]:
+def ports_table(run, monitor) -> list[str]:
     st = monitor.bridge_state
     heads = ["PORT", "RX", "TX", "BCAST", "ARP", "ECHO", "BACK"]
     rows = []
@@ -46,56 +35,30 @@ def ports_table(run, monitor, width: int = 80) -> list[str]:
     return tabulate(rows, headers=heads, tablefmt="simple").splitlines()
 
 
-def run_loops(cfg: Config, out=None) -> int:
-    out = out or sys.stdout
-    run = BridgeRun(cfg, SOURCES)
-    gone = None
-    seen: set = set()
-    with stop_on_signals():
-        try:
-            with run:
-                warn_run(run)
-                monitor = Monitor(run)
-                if not cfg.json:
-                    print(header(run, "loops"), file=out, flush=True)
+class _NewFindings:
+    """Prints each finding (type, ports) the first interval it shows up."""
 
-                def on_interval():
-                    if cfg.json:
-                        return
-                    new = [f for f in monitor.findings() if (f.type, tuple(f.ports)) not in seen]
-                    for f in new:
-                        seen.add((f.type, tuple(f.ports)))
-                    if new:
-                        print(f"\n{time.strftime('%H:%M:%S')}  +{run.elapsed():.0f}s new findings",
-                              file=out)
-                        print("\n".join(findings_lines(new, cfg.width)[2:]), file=out, flush=True)
+    def __init__(self):
+        self.seen: set = set()
 
-                gone = drive(cfg, run, monitor, on_interval)
-                _final(cfg, run, monitor, out)
-        except Stopped:
-            pass
-    if gone is not None:
-        raise gone
-    return 0
+    def __call__(self, cfg, run, monitor, out):
+        new = [f for f in monitor.findings() if (f.type, tuple(f.ports)) not in self.seen]
+        self.seen.update((f.type, tuple(f.ports)) for f in new)
+        if new:
+            print(f"\n{time.strftime('%H:%M:%S')}  +{run.elapsed():.0f}s new findings", file=out)
+            print("\n".join(findings_lines(new, cfg.width)[2:]), file=out, flush=True)
 
 
-def _final(cfg, run, monitor, out):
-    if run.session is not None:
-        monitor.drain()
-        monitor.tick()
-    rows = monitor.rows()
-    findings = monitor.findings(rows)
-    if cfg.json:
-        for rec in port_records(run, monitor):
-            jsonl.emit(rec, out)
-        for f in findings:
-            jsonl.emit(f.record(), out)
-        jsonl.emit(summary_record(run, "loops", monitor, rows, findings), out)
-        return
+def _table(cfg, run, monitor, rows, findings, out):
     print(f"\nsummary: {run.elapsed():.1f} s on {run.bridge.name}", file=out)
-    print("\n".join(ports_table(run, monitor, cfg.width)), file=out)
+    print("\n".join(ports_table(run, monitor)), file=out)
     if findings:
         print("\n".join(findings_lines(findings, cfg.width)), file=out)
     else:
         print("\nno loop, echo, flapping or storm seen", file=out)
-    out.flush()
+
+
+def run_loops(cfg: Config, out=None) -> int:
+    view = View(name="loops", sources=("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c"),
+                on_interval=_NewFindings(), final_records=port_records, final_table=_table)
+    return run_view(view, cfg, out)

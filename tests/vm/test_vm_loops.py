@@ -1,0 +1,238 @@
+"""Kernel-matrix lane: `brtrace loops` on Debian's stock 6.1 kernel, inside the
+QEMU VM of ../shared/tools/vm-run.sh. Run it with scripts/vm-test.
+
+Skipped everywhere else, exactly like test_vm_drops.py: only where /vmh/out
+exists (the VM's output share) and the kernel is 6.1.x.
+
+On 6.1 the bridge is a module and kprobes work, so `loops` picks the kprobe
+mechanism for its forward hook and adds bpf/decide.bpf.c: kprobes on
+br_forward, br_flood and br_pass_frame_up that count the bridge's own decision
+per ingress port (decided_forward, decided_same_port, decided_not_forwarding,
+decided_flood, decided_local). The tests here check those exact counts against
+traffic we sent, where the host tier (6.18, raw tracepoints) can only
+reconstruct them.
+
+Under TCG emulation every bcc compile costs 10-40 s (drops + forward + fdb +
+decide here), so brtrace is started once: one lab, one reflecting tap, one
+bounded burst of each kind of traffic, and each test asserts on its own part
+of that one JSON output.
+
+The lab (tracer.lab.Lab, STP off) is the host tier's test_reflecting_vpn_tap:
+host 1 is "the VM", host 2 "the gateway", and a tinc-like tap whose reader
+writes every frame straight back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
+    pytest.skip("kernel-matrix lane: runs only inside the 6.1 VM (scripts/vm-test)",
+                allow_module_level=True)
+
+from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BRTRACE = [str(REPO / ".venv/bin/brtrace")] if (REPO / ".venv/bin/brtrace").exists() \
+    else [sys.executable, "-m", "tracer.cli"]
+# Not test_vm_drops.py's brtv<pid> (same pytest process): an "l" for loops.
+PREFIX = f"brtv{os.getpid() % 1000}l"
+MAC_BASE = "02:b7:03:00:00"             # apart from test_vm_drops.py's 02:b7:01/02
+START_TIMEOUT = 180.0                   # compile+attach of 4 hook groups under TCG
+CMD_TIMEOUT = 60.0
+E, K, U = 12, 15, 9                     # bridge's own broadcasts, VM broadcasts, gw -> VM
+KPROBE_FORWARD = "kprobe:br_forward+br_flood+br_pass_frame_up"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=CMD_TIMEOUT)
+
+
+class Brtrace:
+    """`brtrace loops` as our child process; records are its JSON lines."""
+
+    def __init__(self, ready: Path, bridge: str, netns: str):
+        self.ready = ready
+        self.argv = [*BRTRACE, "loops", "--bridge", bridge, "--netns", netns, "--interval", "0.5",
+                     "--duration", "300", "-o", "json", "--ready-file", str(ready)]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"brtrace exited early ({self.proc.returncode}): "
+                                     f"{self.proc.stderr.read()}")
+            if time.monotonic() - t0 > START_TIMEOUT:
+                self.kill()
+                raise AssertionError(f"brtrace did not attach within {START_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+        self.startup = time.monotonic() - t0
+        self.records: list = []
+        self.stderr = ""
+        self.returncode = None
+
+    def stop(self, settle: float = 1.0) -> None:
+        # Past one --interval, so the last counters are read by a tick too.
+        time.sleep(settle)
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            out, self.stderr = self.proc.communicate(timeout=CMD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("brtrace did not exit after SIGTERM")
+        self.returncode = self.proc.returncode
+        self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate()
+
+    def kind(self, kind: str) -> list:
+        return [r for r in self.records if r.get("kind") == kind]
+
+    def findings(self, type_: str | None = None) -> list:
+        return [f for f in self.kind("finding") if type_ is None or f["type"] == type_]
+
+    def ports(self) -> dict:
+        return {p["port"]: p["counters"] for p in self.kind("port")}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Build the lab with its reflecting tap, run one `brtrace loops` across
+    the three bursts, and hand back (lab, tap, stopped brtrace)."""
+    # No udev in the guest: /dev/net/tun appears only once tun is loaded.
+    sh("modprobe", "tun")
+    sh("modprobe", "bridge")
+    lab = Lab(prefix=PREFIX, hosts=2, mac_base=MAC_BASE)
+    tracer = None
+    try:
+        lab.build()
+        vm, gw = lab.host(1), lab.host(2)
+        # hold: outlives brtrace's compile under TCG plus the traffic; cleanup
+        # stops it (by PID) anyway.
+        tap = lab.add_tap(PREFIX + "t3o", reader="reflect", hold=280.0, max_frames=10000)
+        tracer = Brtrace(tmp_path_factory.mktemp("brtvl") / "ready", lab.bridge, lab.bridge_ns)
+        # STP is off and forward_delay stays at its default: with STP off the
+        # kernel moves an enabled port straight to forwarding (no timer trap
+        # here: no port is forced into listening/learning). Check, since a
+        # tap's carrier comes up asynchronously (linkwatch).
+        states = {p: lab.stp_state(p) for p in (vm.port, gw.port, tap.name)}
+        assert set(states.values()) == {"forwarding"}, states
+
+        # The bridge itself broadcasts (as its own ARP would): each comes back on the tap.
+        send_frames(lab.bridge_ns, lab.bridge, ether(BROADCAST, lab.bridge_mac, ETH_P_LAB, b"own"),
+                    E, interval=0.02)
+        # The VM broadcasts: each is reflected, so its MAC jumps vnet0 -> tap -> vnet0 ...
+        send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"vm"), K,
+                    interval=0.05)
+        time.sleep(0.3)
+        # Now the FDB has the VM behind the tap: the gateway's frames for it go
+        # out of the tap, come back in on it, and br_forward() refuses to send
+        # them out of their ingress port.
+        send_frames(gw.netns, gw.ifname, ether(vm.mac, gw.mac, ETH_P_LAB, b"to-vm"), U,
+                    interval=0.02)
+        tracer.stop(settle=1.2)
+        tap.reflected = lab.stop_tap_reader(tap.name)
+        yield lab, tap, tracer
+    finally:
+        if tracer is not None and tracer.proc.poll() is None:
+            tracer.kill()
+        lab.cleanup()
+
+
+def only(records: list) -> dict:
+    assert len(records) == 1, records
+    return records[0]
+
+
+def test_kprobe_mode_on_6_1(run):
+    _lab, _tap, t = run
+    s = only(t.kind("summary"))
+    assert s["mode"] == "kprobe", s
+    assert s["probes"]["forward"].startswith("kprobe"), s["probes"]
+    assert s["probes"]["forward"] == KPROBE_FORWARD, s["probes"]
+    assert s["probes"]["drops"] == "raw_tracepoint:kfree_skb"
+    assert t.returncode == 0, t.stderr
+
+
+def test_own_address_echo_on_the_tap(run):
+    lab, tap, t = run
+    echo = t.findings("own_address_echo")
+    assert [(f["ports"], f["evidence"]["frames"]) for f in echo] == [([tap.name], E)], echo
+    assert "ip link set " + tap.name + " nomaster" in echo[0]["hint"]
+    counters = t.ports()
+    assert counters[tap.name]["echoes"] == E
+    assert counters[lab.host(1).port]["echoes"] == counters[lab.host(2).port]["echoes"] == 0
+
+
+def test_tap_is_a_reflecting_port(run):
+    lab, tap, t = run
+    loop = only(t.findings("l2_loop"))
+    assert loop["ports"] == [tap.name] and loop["evidence"]["kind"] == "reflecting_port", loop
+    assert loop["evidence"]["per_port"][tap.name]["returned"] == E + K, loop
+    assert t.ports()[lab.host(1).port]["returns"] == 0
+
+
+def test_not_forwarded_on_the_tap_is_exact(run):
+    """br_forward()'s refusal, counted by the kprobe: exactly the gateway's U
+    frames, which the reflector brought back in on the tap the FDB names."""
+    lab, tap, t = run
+    nf = only(t.findings("not_forwarded"))
+    assert nf["ports"] == [tap.name], nf
+    assert nf["evidence"]["exact"] is True, nf
+    assert nf["evidence"]["frames"] == U, nf
+    assert nf["evidence"]["mac"] in (lab.host(1).mac, ""), nf   # from the kfree_skb samples
+
+
+def test_decisions_per_ingress_port(run):
+    lab, tap, t = run
+    vm, gw = lab.host(1), lab.host(2)
+    counters = t.ports()
+    assert counters[tap.name]["decided_same_port"] == U, counters[tap.name]
+    assert counters[vm.port]["decided_flood"] >= K, counters[vm.port]
+    # Only the reflected frames are refused; nothing else is sent back or blocked.
+    assert counters[vm.port]["decided_same_port"] == counters[gw.port]["decided_same_port"] == 0
+    assert all(c.get("decided_not_forwarding", 0) == 0 for c in counters.values()), counters
+    # The gateway's unicasts were forwarded (to the tap, where the FDB had the VM).
+    assert counters[gw.port]["decided_forward"] >= U, counters[gw.port]
+
+
+def test_vm_mac_flaps_between_its_port_and_the_tap(run):
+    lab, tap, t = run
+    vm, gw = lab.host(1), lab.host(2)
+    flaps = t.findings("mac_flap")
+    vm_flap = [f for f in flaps if f["evidence"]["mac"] == vm.mac]
+    assert len(vm_flap) == 1, flaps
+    assert sorted(vm_flap[0]["ports"]) == sorted([vm.port, tap.name]), vm_flap
+    assert vm_flap[0]["evidence"]["moves"] >= K
+    # Every finding names the tap; only a flap also names a MAC's real home.
+    assert all(tap.name in f["ports"] for f in t.findings()), t.findings()
+    homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
+    assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
+
+
+def test_reflector_and_events_accounted(run):
+    """The tap's reader sent back every frame the bridge gave it (E + K + U),
+    and no record was lost on the way to brtrace."""
+    _lab, tap, t = run
+    assert tap.reflected == E + K + U
+    stats = only(t.kind("summary"))["stats"]
+    assert stats["events_lost"] == 0 and stats["bad_records"] == 0, stats
+
+
+def test_brtrace_attaches_within_bound(run):
+    _lab, _tap, t = run
+    print(f"brtrace loops attached in {t.startup:.1f} s")
+    assert t.startup < START_TIMEOUT
