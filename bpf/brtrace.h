@@ -57,7 +57,8 @@
 #define PC_RETURNS 8       /* flooded frames that came back in through a port they left by */
 #define PC_REENTRIES 9     /* flooded frames that came back in through another port */
 #define PC_ARP_DUPLICATES 10 /* ARP frames among returns + reentries */
-#define PC_FDB_LEARNED 11  /* FDB entries created on or moved to this port */
+#define PC_ARP_REQUESTS 11
+#define PC_ARP_REPLIES 12
 #define PORT_COUNTERS 16
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own

@@ -195,8 +195,14 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 		return 0;
 	const __u8 *buf = (const __u8 *)words;
 	int is_arp = buf[12] == 0x08 && buf[13] == 0x06;
-	if (is_arp)
+	if (is_arp) {
 		count(slot, PC_RX_ARP, 1);
+		/* ARP op at offset 20 of an untagged Ethernet frame (RFC 826) */
+		if (buf[20] == 0 && buf[21] == 1)
+			count(slot, PC_ARP_REQUESTS, 1);
+		else if (buf[20] == 0 && buf[21] == 2)
+			count(slot, PC_ARP_REPLIES, 1);
+	}
 	if (is_own_mac(buf + 6)) {
 		/* br_fdb_update() would log "received packet on X with own address
 		 * as source address" (rate-limited); this is the exact count. */

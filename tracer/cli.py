@@ -90,6 +90,31 @@ def loops(**kw):
 
 
 @cli.command()
+@click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
+              help="Bridge to export (repeat for several, all in one namespace).")
+@click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges.")
+@click.option("--listen", "-l", default="127.0.0.1:9435", show_default=True, metavar="ADDR:PORT",
+              help="Where to serve /metrics; loopback unless you choose otherwise.")
+@click.option("--interval", "-i", type=float, default=2.0, show_default=True,
+              callback=_positive(MAX_INTERVAL), help="Seconds between topology/findings refreshes.")
+@click.option("--duration", "-d", type=float, default=None, callback=_positive(MAX_DURATION),
+              help="Stop after this many seconds (default: run until stopped).")
+@click.option("--ready-file", hidden=True, default=None)
+def export(bridges, netns, listen, interval, duration, ready_file):
+    """Serve Prometheus metrics for one or more bridges.
+
+    \b
+    Examples:
+      brtrace export --bridge br-int
+      brtrace export -b br-int -b br-ext --listen 127.0.0.1:9435
+    """
+    from tracer.views.export import run_export
+    cfg = Config(bridge=bridges[0], netns=netns, interval=interval, duration=duration,
+                 ready_file=ready_file)
+    sys.exit(run_export(cfg, list(dict.fromkeys(bridges)), listen))
+
+
+@cli.command()
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
 def doctor(output):
     """What this kernel offers and which probe each hook uses.

@@ -31,11 +31,14 @@ class Finding:
     message: str
     hint: str
     evidence: dict = field(default_factory=dict)
+    # Still happening: its counters moved during the last interval. Findings
+    # are kept for the whole run; `active` is what an alert should follow.
+    active: bool = True
 
     def record(self) -> dict:
         return {"kind": "finding", "type": self.type, "bridge": self.bridge, "ports": self.ports,
-                "severity": self.severity, "message": self.message, "hint": self.hint,
-                "evidence": self.evidence}
+                "severity": self.severity, "active": self.active, "message": self.message,
+                "hint": self.hint, "evidence": self.evidence}
 
 
 @dataclass
@@ -72,7 +75,8 @@ def own_address_echo(inp: Inputs) -> list:
             f"confirm: take {port} out of the bridge (`{inp.ns_prefix}ip link set {port} nomaster`); "
             f"if the echoes stop, the device or VPN behind {port} is reflecting frames",
             {"frames": n, "per_second": round(inp.state.rate(port, "echoes"), 1),
-             "own_macs_seen": dict(macs.most_common(3))}))
+             "own_macs_seen": dict(macs.most_common(3))},
+            active=inp.state.rate(port, "echoes") > 0))
     return out
 
 
@@ -92,7 +96,8 @@ def mac_flap(inp: Inputs) -> list:
             f"a MAC lives behind one port; a loop or a port that reflects frames makes it jump "
             f"(see the other findings for {ports}); `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
             {"mac": m.mac, "vlan": m.vlan, "moves": moves, "moves_per_second": round(rate, 1),
-             "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1)}))
+             "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1)},
+            active=m.interval_moves > 0))
     return out
 
 
@@ -106,6 +111,7 @@ def l2_loop(inp: Inputs) -> list:
     if not counts:
         return []
     total = sum(r + e for r, e in counts.values())
+    active = any(st.rate(p, "returns") + st.rate(p, "reentries") > 0 for p in counts)
     evidence = {"frames_back": total, "per_port": {p: {"returned": r, "reentered": e}
                                                    for p, (r, e) in sorted(counts.items())}}
     if len(counts) == 1:
@@ -116,7 +122,7 @@ def l2_loop(inp: Inputs) -> list:
             f"in through {port} itself",
             f"confirm: `{inp.ns_prefix}ip link set {port} nomaster`; if the returns (and echoes, "
             f"MAC moves) stop, the device or VPN behind {port} sends frames back",
-            {**evidence, "kind": "reflecting_port"})]
+            {**evidence, "kind": "reflecting_port"}, active=active)]
     ports = sorted(counts)
     return [Finding(
         "l2_loop", inp.bridge.name, ports, "critical",
@@ -124,7 +130,7 @@ def l2_loop(inp: Inputs) -> list:
         f"back in through another of these ports",
         f"enable STP on every bridge of the loop (`{inp.ns_prefix}ip link set {inp.bridge.name} type "
         f"bridge stp_state 1`) or unplug one link (`{inp.ns_prefix}ip link set {ports[-1]} nomaster`)",
-        {**evidence, "kind": "loop_between_ports"})]
+        {**evidence, "kind": "loop_between_ports"}, active=active)]
 
 
 def storm(inp: Inputs) -> list:
@@ -153,7 +159,8 @@ def storm(inp: Inputs) -> list:
             f"look at who sends: `{inp.ns_prefix}tcpdump -eni {port} broadcast`",
             {"peak_broadcast_per_second": round(bcast, 1), "broadcast_per_second": round(now, 1),
              "peak_arp_per_second": round(arp, 1), "arp_duplicate_ratio": dup_ratio,
-             "top_arp_targets": dict(targets.most_common(5))}))
+             "top_arp_targets": dict(targets.most_common(5))},
+            active=now >= STORM_BROADCAST_PPS or st.rate(port, "rx_arp") >= STORM_ARP_PPS))
     return out
 
 
@@ -180,7 +187,9 @@ def not_forwarded(inp: Inputs) -> list:
             f"such frames should not arrive on {port}; find what reflects or loops them there, then "
             f"`{inp.ns_prefix}bridge fdb show br {inp.bridge.name}` should name the right port again",
             {"mac": mac, "frames": frames, "exact": port in exact,
-             "function": row.function if row else "br_forward"}))
+             "function": row.function if row else "br_forward"},
+            active=(row is not None and row.rate > 0)
+            or inp.state.rate(port, "decided_same_port") > 0))
     return out
 
 

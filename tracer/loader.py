@@ -239,6 +239,13 @@ class Session:
         table, n = self.bpf["decisions"], abi.CONST["DECISIONS"]
         return {slot: [sum(table[ctypes.c_int(slot * n + d)]) for d in range(n)] for slot in slots}
 
+    def fdb_learned(self, slots) -> dict[int, int]:
+        """slot -> FDB entries created on or moved to that port (FDB hook)."""
+        if not self.has_map("fdb_port_counters"):
+            return {}
+        table = self.bpf["fdb_port_counters"]
+        return {slot: sum(table[ctypes.c_int(slot)]) for slot in slots}
+
     def fdb_moves(self) -> list[dict]:
         """Every MAC the FDB hook saw created or moved (bounded LRU)."""
         if not self.has_map("fdb_moves"):

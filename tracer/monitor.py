@@ -51,16 +51,19 @@ class Monitor:
         return self.run.names.get(ifindex) or self.run.bridge.port_name(ifindex)
 
     # -- per interval ---------------------------------------------------------
-    def tick(self) -> None:
-        """Fold a snapshot of every kernel map the run has loaded."""
-        session, now = self.run.session, time.monotonic()
-        if session.has_map("drop_counts"):
-            self.drops.fold_counts(session.drop_counts(), now)
+    def snapshot(self) -> dict:
+        """Read every kernel map the run has loaded, keyed by port name:
+        {"drops": {(ifindex, reason, location, ethertype): n}, "counters":
+        {port: {counter: n}}, "matrix": {(from, to): n}, "moves": [...]}.
+        Exporters call this at scrape time; tick() folds it."""
+        session = self.run.session
         slots = sorted(self.run.slots.owner)
         names = {slot: self.run.slot_name(slot) for slot in slots}
         counters = {names[slot]: {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values)
                                   if i in abi.PORT_COUNTER_NAMES}
                     for slot, values in session.port_counters(slots).items()}
+        for slot, n in session.fdb_learned(slots).items():
+            counters.setdefault(names[slot], {})["fdb_learned"] = n
         for slot, values in session.decisions(slots).items():
             counters.setdefault(names[slot], {}).update(
                 {abi.DECISION_NAMES[i]: v for i, v in enumerate(values) if i in abi.DECISION_NAMES})
@@ -69,7 +72,15 @@ class Monitor:
         for m in session.fdb_moves():
             moves.append({**m, "port": names.get(m["slot"]),
                           "prev_port": names.get(m["prev_slot"]) if m["count"] > 1 else None})
-        self.bridge_state.fold(counters, matrix, moves, now)
+        drops = session.drop_counts() if session.has_map("drop_counts") else {}
+        return {"drops": drops, "counters": counters, "matrix": matrix, "moves": moves}
+
+    def tick(self) -> None:
+        """Fold a snapshot of every kernel map the run has loaded."""
+        snap, now = self.snapshot(), time.monotonic()
+        if self.run.session.has_map("drop_counts"):
+            self.drops.fold_counts(snap["drops"], now)
+        self.bridge_state.fold(snap["counters"], snap["matrix"], snap["moves"], now)
 
     def rows(self) -> list:
         run = self.run

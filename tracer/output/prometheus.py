@@ -1,0 +1,115 @@
+"""Prometheus exposition of brtrace's kernel counters. Pure: the collector is
+handed a function that returns plain snapshots, so tests pin its text.
+
+Conventions: `brtrace_` prefix, base units, `_total` on counters, help on every
+metric, bounded labels only (bridge, port, reason, function, direction, type,
+decision, probe). MACs and IPs never become labels: they are in JSON events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class BridgeSnapshot:
+    """One bridge at scrape time, names resolved."""
+
+    bridge: str
+    netns: str
+    mode: str                                       # kprobe | raw_tracepoint | ""
+    drops: list = field(default_factory=list)       # (port, reason, function, frames)
+    ports: dict = field(default_factory=dict)       # port -> {counter: value}
+    findings: list = field(default_factory=list)    # (type, port, active)
+    probes: dict = field(default_factory=dict)      # hook -> attached (bool)
+    stats: dict = field(default_factory=dict)       # events_lost, events_rate_limited, ...
+
+
+# (metric, help, label values from a port's counters: {label value: counter})
+PORT_COUNTERS = (
+    ("brtrace_port_packets_total", "Frames seen on a bridge port, by direction.",
+     "direction", {"rx": "rx_packets", "tx": "tx_packets"}),
+    ("brtrace_port_bytes_total", "Bytes seen on a bridge port (from the MAC header on), by direction.",
+     "direction", {"rx": "rx_bytes", "tx": "tx_bytes"}),
+    ("brtrace_port_flood_packets_total", "Broadcast and multicast frames received on a port.",
+     "type", {"broadcast": "rx_broadcast", "multicast": "rx_multicast"}),
+    ("brtrace_port_arp_packets_total", "ARP frames received on a port, by operation.",
+     "op", {"request": "arp_requests", "reply": "arp_replies"}),
+    ("brtrace_flood_returns_total",
+     "Flooded frames that came back into the bridge (loops, reflecting ports).",
+     "type", {"returned": "returns", "reentered": "reentries"}),
+    ("brtrace_bridge_decisions_total",
+     "Bridge forwarding decisions by ingress port (kprobe mode only).",
+     "decision", {"forward": "decided_forward", "same_port": "decided_same_port",
+                  "not_forwarding": "decided_not_forwarding", "flood": "decided_flood",
+                  "local": "decided_local"}),
+)
+SINGLE_COUNTERS = (
+    ("brtrace_own_address_echoes_total",
+     "Frames received on a port with one of the bridge's own MACs as source.", "echoes"),
+    ("brtrace_fdb_moves_total", "FDB entries created on or moved to a port (bridge:br_fdb_update).",
+     "fdb_learned"),
+    ("brtrace_arp_duplicates_total", "ARP frames among the flooded frames that came back.",
+     "arp_duplicates"),
+)
+FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "storm", "not_forwarded")
+
+
+class BrtraceCollector:
+    """prometheus_client collector; `source()` returns a list of BridgeSnapshot."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self):
+        snaps = self.source()
+        info = GaugeMetricFamily("brtrace_build_info", "brtrace version and forwarding mode (always 1).",
+                                 labels=["version", "bridge", "mode"])
+        drops = CounterMetricFamily("brtrace_drops", "Frames the kernel freed on a bridge or its ports, "
+                                    "by the kernel's drop reason and freeing function.",
+                                    labels=["bridge", "port", "reason", "function"])
+        findings = GaugeMetricFamily("brtrace_findings_active",
+                                     "1 while a finding's counters still move (see brtrace loops).",
+                                     labels=["bridge", "type", "port"])
+        probes = GaugeMetricFamily("brtrace_probe_attached", "1 if the hook is attached, 0 if not.",
+                                   labels=["bridge", "probe"])
+        lost = CounterMetricFamily("brtrace_events_lost", "Sampled records the ring buffer had no room for.",
+                                   labels=["bridge"])
+        limited = CounterMetricFamily("brtrace_events_rate_limited",
+                                      "Sampled records skipped by the in-kernel rate limit (counts stay exact).",
+                                      labels=["bridge"])
+        families = {name: CounterMetricFamily(name[:-len("_total")], help_, labels=["bridge", "port", label])
+                    for name, help_, label, _m in PORT_COUNTERS}
+        singles = {name: CounterMetricFamily(name[:-len("_total")], help_, labels=["bridge", "port"])
+                   for name, help_, _c in SINGLE_COUNTERS}
+        for snap in snaps:
+            info.add_metric([VERSION, snap.bridge, snap.mode or ""], 1)
+            for port, reason, function, n in sorted(snap.drops):
+                drops.add_metric([snap.bridge, port, reason, function], n)
+            for port, counters in sorted(snap.ports.items()):
+                for name, _h, _label, mapping in PORT_COUNTERS:
+                    for value, counter in mapping.items():
+                        if counter in counters:
+                            families[name].add_metric([snap.bridge, port, value], counters[counter])
+                for name, _h, counter in SINGLE_COUNTERS:
+                    if counter in counters:
+                        singles[name].add_metric([snap.bridge, port], counters[counter])
+            active = {(t, p) for t, p, a in snap.findings if a}
+            for type_, port in sorted({(t, p) for t, p, _a in snap.findings}):
+                findings.add_metric([snap.bridge, type_, port], 1 if (type_, port) in active else 0)
+            for hook, attached in sorted(snap.probes.items()):
+                probes.add_metric([snap.bridge, hook], 1 if attached else 0)
+            lost.add_metric([snap.bridge], snap.stats.get("events_lost", 0))
+            limited.add_metric([snap.bridge], snap.stats.get("events_rate_limited", 0))
+        yield info
+        yield drops
+        yield from families.values()
+        yield from singles.values()
+        yield findings
+        yield probes
+        yield lost
+        yield limited

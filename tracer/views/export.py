@@ -1,0 +1,126 @@
+"""`brtrace export`: a Prometheus endpoint for one or more bridges.
+
+Counters are read from the kernel maps at scrape time (nothing is cleared);
+the topology and findings are refreshed every interval by the main loop.
+Listens on loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from tracer.config import Config
+from tracer.errors import BridgeGone, UsageError
+from tracer.monitor import Monitor
+from tracer.output.prometheus import BridgeSnapshot, BrtraceCollector
+from tracer.report import base_function
+from tracer.session import BridgeRun, Stopped, stop_on_signals
+from tracer.views.base import warn_run
+
+SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
+
+
+def parse_listen(listen: str) -> tuple:
+    """"127.0.0.1:9435" or "[::1]:9435" -> (host, port); UsageError otherwise."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        port_n = int(port)
+        if not sep or not 0 < port_n < 65536:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--listen {listen!r} is not ADDRESS:PORT",
+                         "e.g. --listen 127.0.0.1:9435 (loopback; another address is your explicit choice)")
+    return host, port_n
+
+
+def bridge_snapshot(run: BridgeRun, monitor: Monitor) -> BridgeSnapshot:
+    """Fresh kernel counters for one bridge, names resolved; findings as of the
+    last refresh."""
+    snap = monitor.snapshot()
+    groups = {}
+    for (ifindex, reason, location, _eth), n in snap["drops"].items():
+        port = run.names.get(ifindex) or run.bridge.port_name(ifindex)
+        function = base_function(run.kernel.kallsyms.symbolize(location).name)
+        key = (port, run.kernel.reasons.name(reason), function)
+        groups[key] = groups.get(key, 0) + n
+    findings = [(f.type, p, f.active) for f in monitor.last_findings for p in f.ports]
+    probes = {c.hook.name: c.picked is not None for c in run.kernel.choices if c.hook.name in run.hooks}
+    return BridgeSnapshot(bridge=run.bridge.name, netns=run.netns.name, mode=run.mode or "",
+                          drops=[(*k, n) for k, n in groups.items()], ports=snap["counters"],
+                          findings=findings, probes=probes, stats=monitor.stats())
+
+
+def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
+    out = out or sys.stderr
+    host, port = parse_listen(listen)
+    runs = [BridgeRun(replace(cfg, bridge=b, ready_file=None), SOURCES) for b in bridges]
+    lock = threading.Lock()
+    monitors: list = []
+    gone = None
+    with stop_on_signals():
+        try:
+            for run in runs:
+                run.open()
+                warn_run(run)
+                m = Monitor(run)
+                m.last_findings = []
+                monitors.append(m)
+
+            def source():
+                with lock:
+                    return [bridge_snapshot(r, m) for r, m in zip(runs, monitors)]
+
+            registry = CollectorRegistry()
+            registry.register(BrtraceCollector(source))
+            try:
+                server, thread = start_http_server(port, addr=host, registry=registry)
+            except OSError as exc:
+                raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}",
+                                 "pick a free port with --listen ADDRESS:PORT") from exc
+            print(f"brtrace export: serving {', '.join(bridges)} on http://{listen}/metrics", file=out, flush=True)
+            if not ipaddress.ip_address(host).is_loopback:
+                print(f"brtrace export: note: {host} is not loopback; the metrics are reachable "
+                      "from the network", file=out, flush=True)
+            if cfg.ready_file:
+                with open(cfg.ready_file, "w") as f:
+                    f.write("ready\n")
+            gone = _loop(cfg, runs, monitors, lock)
+            server.shutdown()
+        except Stopped:
+            pass
+        finally:
+            for run in runs:
+                run.close()
+    if gone is not None:
+        raise gone
+    return 0
+
+
+def _loop(cfg, runs, monitors, lock):
+    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for run, m in zip(runs, monitors):
+                run.session.poll(10)
+                with lock:
+                    m.drain()
+            time.sleep(max(0.0, min(cfg.interval, (deadline or 1e18) - time.monotonic())))
+            with lock:
+                for run, m in zip(runs, monitors):
+                    run.refresh()
+                    m.tick()
+                    m.last_findings = m.findings()
+    except BridgeGone as exc:
+        return exc
+    except Stopped:
+        return None
+    return None
+
