@@ -71,6 +71,8 @@ class Bridge:
 def resolve_netns(name: str | None) -> Netns:
     """`None` is brtrace's own namespace; a bare name is one of `ip netns`'s;
     a path is taken as is (e.g. /proc/PID/ns/net)."""
+    if name == "":
+        raise UsageError("--netns is empty", "name a namespace from `ip netns list`, or omit --netns")
     if name is None:
         path = "/proc/self/ns/net"
     elif "/" in name:
