@@ -26,7 +26,10 @@
 #define STAT_DROP_KEYS_FULL 3     /* drop_counts hash full: drop not counted by key */
 #define STAT_DROPS_SEEN 4         /* every watched kfree_skb, keyed or not */
 #define STAT_FDB_KEYS_FULL 5      /* fdb_moves LRU evicted or refused an entry */
-#define STAT_SLOTS 8
+/* The three event counters again, per record kind: slot
+ * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. */
+#define STAT_KIND_BASE 8
+#define STAT_SLOTS 32
 
 /* Bytes of the frame copied into a sampled record, from the MAC header on:
  * enough for Ethernet + two VLAN tags + ARP or an IPv6 header + ports. */

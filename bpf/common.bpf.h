@@ -50,6 +50,30 @@ static __always_inline void stat_inc(int slot)
 		*v += 1;
 }
 
+/* Reserve a ring-buffer record of `kind`, or count why not (rate limit, full
+ * buffer), globally and per kind. Pair with event_submit(). */
+static __always_inline void *event_reserve(int kind, __u64 size, __u64 now)
+{
+	if (!rate_allow(kind, now)) {
+		stat_inc(STAT_EVENTS_RATE_LIMITED);
+		stat_inc(STAT_KIND_BASE + kind * 3 + 2);
+		return NULL;
+	}
+	void *ev = events.ringbuf_reserve(size);
+	if (!ev) {
+		stat_inc(STAT_EVENTS_LOST);
+		stat_inc(STAT_KIND_BASE + kind * 3 + 1);
+	}
+	return ev;
+}
+
+static __always_inline void event_submit(int kind, void *ev)
+{
+	events.ringbuf_submit(ev, 0);
+	stat_inc(STAT_EVENTS_SENT);
+	stat_inc(STAT_KIND_BASE + kind * 3);
+}
+
 static __always_inline __u64 read_u64(const void *addr)
 {
 	__u64 v = 0;

@@ -15,6 +15,8 @@
  * forwarding. The same tests, done here, name the refusals exactly, where the
  * kfree_skb alone shows NOT_SPECIFIED in br_handle_frame_finish().
  */
+/* bcc turns kprobe arguments into ctx->di, ctx->si, ...: struct pt_regs must be complete. */
+#include <uapi/linux/ptrace.h>
 #include "common.bpf.h"
 
 BPF_PERCPU_ARRAY(decisions, __u64, MAX_PORTS * DECISIONS);

@@ -21,15 +21,9 @@ BPF_PERCPU_HASH(drop_counts, struct drop_key, __u64, DROP_KEYS_MAX);
 
 static __always_inline void sample(const void *skb, struct drop_key *key, __u64 now)
 {
-	if (!rate_allow(EVENT_DROP, now)) {
-		stat_inc(STAT_EVENTS_RATE_LIMITED);
+	struct drop_event *ev = event_reserve(EVENT_DROP, sizeof(struct drop_event), now);
+	if (!ev)
 		return;
-	}
-	struct drop_event *ev = events.ringbuf_reserve(sizeof(struct drop_event));
-	if (!ev) {
-		stat_inc(STAT_EVENTS_LOST);
-		return;
-	}
 	ev->kind = EVENT_DROP;
 	ev->ethertype = key->ethertype;
 	ev->vlan_tci = read_u16(skb + SKB_VLAN_TCI_OFF);
@@ -47,8 +41,7 @@ static __always_inline void sample(const void *skb, struct drop_key *key, __u64 
 	ev->frame_len = n;
 	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
 		ev->frame_len = 0;
-	events.ringbuf_submit(ev, 0);
-	stat_inc(STAT_EVENTS_SENT);
+	event_submit(EVENT_DROP, ev);
 }
 
 RAW_TRACEPOINT_PROBE(kfree_skb)

@@ -53,15 +53,9 @@ RAW_TRACEPOINT_PROBE(br_fdb_update)
 	if (c)
 		*c += 1;
 
-	if (!rate_allow(EVENT_FDB, now)) {
-		stat_inc(STAT_EVENTS_RATE_LIMITED);
+	struct fdb_event *ev = event_reserve(EVENT_FDB, sizeof(struct fdb_event), now);
+	if (!ev)
 		return 0;
-	}
-	struct fdb_event *ev = events.ringbuf_reserve(sizeof(struct fdb_event));
-	if (!ev) {
-		stat_inc(STAT_EVENTS_LOST);
-		return 0;
-	}
 	ev->kind = EVENT_FDB;
 	ev->pad0 = 0;
 	ev->vlan = vid;
@@ -70,7 +64,6 @@ RAW_TRACEPOINT_PROBE(br_fdb_update)
 	ev->ifindex = ifindex;
 	ev->pad2 = 0;
 	ev->ts_ns = now;
-	events.ringbuf_submit(ev, 0);
-	stat_inc(STAT_EVENTS_SENT);
+	event_submit(EVENT_FDB, ev);
 	return 0;
 }

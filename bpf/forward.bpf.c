@@ -83,15 +83,9 @@ static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
 static __always_inline void frame_event(int kind, __u32 ifindex, const void *start, __u32 wire,
 					__u16 how, __u32 first_ifindex, __u64 now)
 {
-	if (!rate_allow(kind, now)) {
-		stat_inc(STAT_EVENTS_RATE_LIMITED);
+	struct frame_event *ev = event_reserve(kind, sizeof(struct frame_event), now);
+	if (!ev)
 		return;
-	}
-	struct frame_event *ev = events.ringbuf_reserve(sizeof(struct frame_event));
-	if (!ev) {
-		stat_inc(STAT_EVENTS_LOST);
-		return;
-	}
 	ev->kind = kind;
 	ev->how = how;
 	ev->ifindex = ifindex;
@@ -101,8 +95,7 @@ static __always_inline void frame_event(int kind, __u32 ifindex, const void *sta
 	ev->frame_len = wire < FRAME_BYTES ? wire : FRAME_BYTES;
 	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
 		ev->frame_len = 0;
-	events.ringbuf_submit(ev, 0);
-	stat_inc(STAT_EVENTS_SENT);
+	event_submit(kind, ev);
 }
 
 static __always_inline int is_own_mac(const __u8 *mac)

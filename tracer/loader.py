@@ -202,11 +202,19 @@ class Session:
         return out
 
     def stats(self) -> dict[str, int]:
+        """brtrace's own counters: events_sent/lost/rate_limited overall and
+        per record kind (events_sent_drop, ...), keys full, drops seen."""
         table = self.bpf["stats"]
+        c = abi.CONST
         out = {}
-        for name, slot in abi.CONST.items():
-            if name.startswith("STAT_") and name != "STAT_SLOTS":
+        for name, slot in c.items():
+            if name.startswith("STAT_") and name not in ("STAT_SLOTS", "STAT_KIND_BASE"):
                 out[name[5:].lower()] = sum(table[ctypes.c_int(slot)])
+        for name, kind in c.items():
+            if name.startswith("EVENT_"):
+                base = c["STAT_KIND_BASE"] + kind * 3
+                for i, what in enumerate(("events_sent", "events_lost", "events_rate_limited")):
+                    out[f"{what}_{name[6:].lower()}"] = sum(table[ctypes.c_int(base + i)])
         return out
 
     def port_counters(self, slots) -> dict[int, list]:

@@ -352,5 +352,5 @@ def test_doctor_picks_kprobe_for_forward():
     assert doc["headers"].startswith("running kernel's headers")
     assert doc["hooks"]["drops"]["mechanism"] == "raw_tracepoint"
     fwd = doc["hooks"]["forward"]
-    assert (fwd["mechanism"], fwd["target"]) == ("kprobe", "br_forward"), fwd
-    assert "module bridge" in fwd["why"]            # why fentry was passed over
+    assert (fwd["mechanism"], fwd["target"]) == ("kprobe", "br_forward+br_flood+br_pass_frame_up"), fwd
+    assert "fentry" in fwd["why"]                   # why fentry was passed over

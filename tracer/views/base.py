@@ -69,7 +69,7 @@ def run_view(view: View, cfg: Config, out=None) -> int:
                 if not cfg.json and view.on_interval:
                     tick = lambda: view.on_interval(cfg, run, monitor, out)  # noqa: E731
                 gone = drive(cfg, run, monitor, tick, emit)
-                _conclude(view, cfg, run, monitor, out)
+                _conclude(view, cfg, run, monitor, out, emit)
         except Stopped:
             pass   # a signal during start-up or the summary: nothing more to say
     if gone is not None:
@@ -77,9 +77,10 @@ def run_view(view: View, cfg: Config, out=None) -> int:
     return 0
 
 
-def _conclude(view, cfg, run, monitor, out) -> None:
+def _conclude(view, cfg, run, monitor, out, emit) -> None:
     """Last read of the kernel maps, then the summary in the chosen format."""
-    monitor.drain()
+    run.session.poll(0)      # deliver what is still in the ring buffer
+    monitor.drain(emit)
     monitor.tick()
     rows = monitor.rows()
     findings = monitor.findings(rows)

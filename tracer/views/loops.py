@@ -17,10 +17,12 @@ from tracer.output.table import findings_lines
 from tracer.views.base import View, run_view
 
 
-def port_records(run, monitor, _rows) -> list:
+def port_records(run, monitor, rows) -> list:
+    """Drop rows, then one record per port with its counters."""
     st = monitor.bridge_state
-    return [{"kind": "port", "bridge": run.bridge.name, "port": port, "counters": dict(st.totals[port])}
-            for port in sorted(st.totals)]
+    return [r.record() for r in rows] + [
+        {"kind": "port", "bridge": run.bridge.name, "port": port, "counters": dict(st.totals[port])}
+        for port in sorted(st.totals)]
 
 
 def ports_table(run, monitor) -> list[str]:
