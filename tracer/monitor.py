@@ -9,6 +9,7 @@ bridge's ports, stop on duration, signal or a vanished bridge.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from tracer import abi
 from tracer.aggregate import BridgeState, DropState
@@ -25,6 +26,7 @@ class Monitor:
         self.drops = DropState()
         self.bridge_state = BridgeState()
         self.bad_records = 0
+        self.port_events: deque = deque(maxlen=1024)
         self._pending: list = []
         run.session.on_events(self._pending.append)
 
@@ -46,6 +48,13 @@ class Monitor:
                     emit(sample_record(rec, run.bridge, run.kernel.reasons, run.kernel.kallsyms, run.names))
             else:
                 self.bridge_state.add_event(rec, self.port_name)
+
+    def note_port_events(self, events: list, emit=None) -> None:
+        for ev in events:
+            ev = {**ev, "at_s": round(self.run.elapsed(), 3)}
+            self.port_events.append(ev)
+            if emit:
+                emit(ev)
 
     def port_name(self, ifindex: int) -> str:
         return self.run.names.get(ifindex) or self.run.bridge.port_name(ifindex)
@@ -99,9 +108,16 @@ class Monitor:
         return out
 
 
-def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None):
+# How often the loop looks at netlink for ports that joined or left.
+TOPOLOGY_POLL = 0.2
+
+
+def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on_event=None):
     """Run until the duration ends or a signal arrives. Returns a BridgeGone
-    error if the bridge vanished (the caller prints the summary first)."""
+    error if the bridge vanished (the caller prints the summary first).
+    Link changes (netlink) trigger a topology refresh within TOPOLOGY_POLL s;
+    counters are folded every cfg.interval. `emit` gets sampled drops,
+    `on_event` port events (both optional)."""
     deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
     next_tick = time.monotonic() + cfg.interval
     try:
@@ -109,12 +125,14 @@ def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            wait = min(next_tick, deadline or next_tick) - now
+            wait = min(next_tick, deadline or next_tick, now + TOPOLOGY_POLL) - now
             run.session.poll(max(1, int(wait * 1000)))
             monitor.drain(emit)
+            if run.topo.links_changed():
+                monitor.note_port_events(run.refresh(), on_event)
             if time.monotonic() >= next_tick:
                 next_tick += cfg.interval
-                run.refresh()
+                monitor.note_port_events(run.refresh(), on_event)
                 monitor.tick()
                 if on_interval:
                     on_interval()

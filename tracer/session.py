@@ -18,7 +18,7 @@ from tracer.errors import BridgeGone, UsageError
 from tracer.loader import Program, Session, kernel_defines
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable
-from tracer.topology import Topology, resolve_netns
+from tracer.topology import Topology, port_changes, resolve_netns
 
 
 HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bpf.c": "forward",
@@ -100,14 +100,17 @@ class BridgeRun:
         ifindex = self.slots.owner.get(slot)
         return self.names.get(ifindex, f"slot {slot}") if ifindex is not None else f"slot {slot}"
 
-    def refresh(self) -> None:
-        """Follow ports joining or leaving; BridgeGone if the bridge vanished."""
+    def refresh(self) -> list:
+        """Follow ports joining or leaving; BridgeGone if the bridge vanished.
+        Returns the port events (topology.port_changes) since the last look."""
+        before, fdb_before = self.bridge, self.fdb_now
         try:
             self.bridge = self.topo.bridge(self.cfg.bridge)
         except UsageError as exc:
             raise BridgeGone(f"bridge {self.cfg.bridge} disappeared during the run ({exc.message})",
                              "the summary above covers the run until then") from exc
         self._apply_watch()
+        return port_changes(before, self.bridge, fdb_before, self.fdb_now)
 
     def fdb(self) -> list:
         """The FDB as of the last refresh (read once per interval)."""

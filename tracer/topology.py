@@ -10,8 +10,13 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+import ctypes
+
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+CLONE_NEWNET = 0x40000000
 
 from tracer.errors import UsageError
 
@@ -101,9 +106,31 @@ class Topology:
         except (OSError, NetlinkError) as exc:
             raise UsageError(f"cannot enter network namespace {netns.name!r}: {exc}",
                              "run as root; check `ip netns list`") from exc
+        self._links = None   # link-event subscription, opened on first use
 
     def close(self) -> None:
         self._ipr.close()
+        if self._links is not None:
+            self._links.close()
+            self._links = None
+
+    def links_changed(self) -> bool:
+        """True if any link in the namespace was added, removed or changed
+        since the last call (netlink RTMGRP_LINK, read without blocking), so
+        ports that join or leave are followed within one poll, not one interval.
+        A plain netlink socket: pyroute2 0.9 reads its own sockets from an
+        asyncio loop, which does not mix with polling their fd from outside."""
+        if self._links is None:
+            self._links = _link_events_socket(self.netns.path if self.netns.name else None)
+            return True
+        changed = False
+        while True:
+            try:
+                changed |= bool(self._links.recv(65536))
+            except BlockingIOError:
+                return changed
+            except OSError:      # ENOBUFS: events were lost, so assume a change
+                return True
 
     def __enter__(self):
         return self
@@ -171,6 +198,68 @@ class Topology:
         return out
 
 
+def _link_events_socket(netns_path: str | None) -> socket.socket:
+    """A non-blocking rtnetlink socket subscribed to link events, created inside
+    `netns_path` (a socket stays in the namespace it was created in). Only this
+    thread enters the namespace, and only for the socket() call."""
+    if netns_path is None:
+        return _bound_link_socket()
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path, os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise UsageError(f"cannot enter network namespace {netns_path}: "
+                             f"{os.strerror(ctypes.get_errno())}", "run as root")
+        try:
+            return _bound_link_socket()
+        finally:
+            libc.setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def _bound_link_socket() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+    s.bind((0, RTMGRP_LINK))
+    return s
+
+
 def _kind(link) -> str:
     info = link.get("IFLA_LINKINFO")
     return (info.get("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
+def port_changes(before: Bridge, after: Bridge, fdb_before: list, fdb_after: list) -> list[dict]:
+    """What happened to the ports between two looks at the bridge: ports that
+    joined or left, went down or up, changed STP state; and how many learned
+    FDB entries each port lost (the kernel flushes them when a port leaves or
+    loses carrier, and the bridge floods until it relearns). Pure."""
+    events = []
+    learned = lambda fdb: {(e.mac, e.vlan): e.ifindex for e in fdb if not e.local}  # noqa: E731
+    old, new = learned(fdb_before), learned(fdb_after)
+    lost: dict = {}
+    for key, ifindex in old.items():
+        if new.get(key) != ifindex:
+            lost[ifindex] = lost.get(ifindex, 0) + 1
+
+    def event(kind, port, **extra):
+        events.append({"kind": "port_event", "event": kind, "bridge": after.name, "port": port.name,
+                       "fdb_entries_removed": lost.get(port.ifindex, 0), **extra})
+
+    for ifindex, port in after.ports.items():
+        prev = before.ports.get(ifindex)
+        if prev is None:
+            event("added", port, kind_of_port=port.kind)
+            continue
+        if prev.operstate != port.operstate:
+            event("down" if port.operstate.lower() != "up" else "up", port,
+                  operstate=port.operstate,
+                  note="a tap goes down when its reader (VM, VPN) closes it" if port.kind == "tun" else "")
+        if prev.stp_state != port.stp_state:
+            event("stp_state", port, stp_state=port.stp_state, previous=prev.stp_state)
+    for ifindex, port in before.ports.items():
+        if ifindex not in after.ports:
+            event("removed", port)
+    return events

@@ -45,6 +45,18 @@ def summary_record(run, view, monitor, rows, findings) -> dict:
                        for c in run.kernel.choices if c.hook.name in run.hooks}}
 
 
+def port_event_line(ev: dict) -> str:
+    """One line for a port event in table mode."""
+    extra = {"added": "joined the bridge", "removed": "left the bridge", "down": "went down",
+             "up": "came up", "stp_state": f"STP state {ev.get('previous')} -> {ev.get('stp_state')}"}
+    text = f"+{ev['at_s']:.1f}s port {ev['port']} {extra.get(ev['event'], ev['event'])}"
+    if ev.get("fdb_entries_removed"):
+        text += f"; {ev['fdb_entries_removed']} learned MACs flushed (the bridge floods until it relearns)"
+    if ev.get("note"):
+        text += f" ({ev['note']})"
+    return text
+
+
 def warn_run(run: BridgeRun) -> None:
     run.kernel.warn()
     for idx in run.unwatchable:
@@ -65,10 +77,12 @@ def run_view(view: View, cfg: Config, out=None) -> int:
                 if not cfg.json:
                     print(header(run, view.name), file=out, flush=True)
                 emit = (lambda rec: jsonl.emit(rec, out)) if cfg.json and view.stream_samples else None
+                on_event = ((lambda rec: jsonl.emit(rec, out)) if cfg.json
+                            else (lambda rec: print(port_event_line(rec), file=out, flush=True)))
                 tick = None
                 if not cfg.json and view.on_interval:
                     tick = lambda: view.on_interval(cfg, run, monitor, out)  # noqa: E731
-                gone = drive(cfg, run, monitor, tick, emit)
+                gone = drive(cfg, run, monitor, tick, emit, on_event)
                 _conclude(view, cfg, run, monitor, out, emit)
         except Stopped:
             pass   # a signal during start-up or the summary: nothing more to say
