@@ -18,6 +18,7 @@
 #define EVENT_FDB 2       /* an FDB entry was created or moved (struct fdb_event) */
 #define EVENT_ECHO 3      /* a frame entered a port with one of the bridge's MACs as source */
 #define EVENT_LOOP 4      /* a flooded frame came back into the bridge (struct frame_event) */
+#define EVENT_NEIGH 5     /* a neighbour entry changed state or address (struct neigh_event) */
 
 /* Slots of the per-CPU `stats` array: brtrace's own health counters. */
 #define STAT_EVENTS_SENT 0        /* records written to the ring buffer */
@@ -62,6 +63,7 @@
 #define PC_ARP_DUPLICATES 10 /* ARP frames among returns + reentries */
 #define PC_ARP_REQUESTS 11
 #define PC_ARP_REPLIES 12
+#define PC_ARP_GRATUITOUS 13
 #define PORT_COUNTERS 16
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own
@@ -80,6 +82,10 @@
 /* Bytes of a frame that make its fingerprint. */
 #define FINGERPRINT_BYTES 64
 #define FLOOD_KEYS_MAX 16384
+#define ARP_TARGETS_MAX 4096
+
+/* Neighbour entries tracked (neigh.bpf.c), bounded LRU. */
+#define NEIGH_KEYS_MAX 4096
 #define FDB_KEYS_MAX 16384
 
 /* Size of the drop_counts hash: distinct (port, reason, location, ethertype). */
@@ -141,6 +147,57 @@ struct frame_event {
 	__u32 first_ifindex; /* EVENT_LOOP: where the frame first entered (0: the bridge itself) */
 	__u64 ts_ns;
 	__u8 frame[FRAME_BYTES];
+};
+
+/* What the wire says about one IPv4 address (ARP seen on the bridge's ports). */
+struct arp_target {
+	__u64 requests;      /* ARP requests asking for it */
+	__u64 replies;       /* ARP replies or gratuitous ARPs claiming it */
+	__u64 conflicts;     /* claims by a MAC other than the first one seen */
+	__u64 last_request_ns;
+	__u8 mac[6];         /* first MAC that claimed it */
+	__u8 other_mac[6];   /* the latest different MAC that claimed it */
+	__u32 asker_slot;    /* port of the latest request */
+	__u32 claimer_slot;  /* port of the first claim */
+	__u32 other_slot;    /* port of the latest conflicting claim */
+};
+
+/* A neighbour entry, keyed by namespace, device and address. */
+struct neigh_key {
+	__u32 netns;         /* net->ns.inum */
+	__u32 ifindex;
+	__u8 family;         /* AF_INET 2, AF_INET6 10 */
+	__u8 pad[7];
+	__u8 addr[16];
+};
+
+struct neigh_stats {
+	__u64 failed;        /* entered NUD_FAILED (resolution gave up) */
+	__u64 incomplete;    /* entered NUD_INCOMPLETE (resolution started) */
+	__u64 reachable;     /* entered NUD_REACHABLE */
+	__u64 stale;         /* entered NUD_STALE */
+	__u64 lladdr_changes;/* the link-layer address of a valid entry changed */
+	__u64 last_ns;
+	__u8 state;          /* latest NUD_* state */
+	__u8 pad[1];
+	__u8 lladdr[6];      /* latest link-layer address */
+	__u8 prev_lladdr[6]; /* the one before a change */
+	__u8 pad2[2];
+};
+
+struct neigh_event {
+	__u8 kind;           /* EVENT_NEIGH */
+	__u8 old_state;
+	__u8 new_state;
+	__u8 family;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 pad;
+	__u64 ts_ns;
+	__u8 addr[16];
+	__u8 old_lladdr[6];
+	__u8 new_lladdr[6];
+	__u8 pad2[4];
 };
 
 #endif /* BRTRACE_H */

@@ -41,6 +41,9 @@ struct flood_seen {
 };
 BPF_TABLE("lru_hash", __u64, struct flood_seen, flood_fingerprints, FLOOD_KEYS_MAX);
 
+/* ARP on the wire, per IPv4 address asked for or claimed (bounded LRU). */
+BPF_TABLE("lru_hash", __u32, struct arp_target, arp_targets, ARP_TARGETS_MAX);
+
 struct current_ingress {
 	__u64 ts_ns;
 	__u32 slot;
@@ -107,6 +110,72 @@ static __always_inline int is_own_mac(const __u8 *mac)
 	__u64 key = 0;
 	__builtin_memcpy(&key, mac, 6);
 	return own_macs.lookup(&key) != NULL;
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+/* An untagged Ethernet ARP frame for IPv4 (RFC 826 offsets from the frame
+ * start: op 20, sender MAC 22, sender IP 28, target IP 38). Requests count
+ * against the target IP; replies and gratuitous ARPs are claims of the sender
+ * IP, and a claim by a second MAC is a conflict. */
+static __always_inline void arp_seen(__u32 slot, const __u8 *buf, __u64 now)
+{
+	if (buf[14] != 0 || buf[15] != 1 || buf[16] != 0x08 || buf[17] != 0x00 ||
+	    buf[18] != 6 || buf[19] != 4 || buf[20] != 0)
+		return;  /* not Ethernet/IPv4 ARP */
+	__u8 op = buf[21];
+	__u32 spa = 0, tpa = 0;
+	__builtin_memcpy(&spa, buf + 28, 4);
+	__builtin_memcpy(&tpa, buf + 38, 4);
+	int gratuitous = spa == tpa;
+	if (op == 1) {
+		count(slot, PC_ARP_REQUESTS, 1);
+		if (gratuitous)
+			count(slot, PC_ARP_GRATUITOUS, 1);
+	} else if (op == 2) {
+		count(slot, PC_ARP_REPLIES, 1);
+	} else {
+		return;
+	}
+	if (op == 1 && !gratuitous) {
+		struct arp_target *t = arp_targets.lookup(&tpa);
+		if (!t) {
+			struct arp_target fresh = {};
+			arp_targets.update(&tpa, &fresh);
+			t = arp_targets.lookup(&tpa);
+			if (!t)
+				return;
+		}
+		__sync_fetch_and_add(&t->requests, 1);
+		t->last_request_ns = now;
+		t->asker_slot = slot;
+		return;
+	}
+	if (!spa)
+		return;  /* ARP probe (RFC 5227): claims nothing yet */
+	struct arp_target *c = arp_targets.lookup(&spa);
+	if (!c) {
+		struct arp_target fresh = {};
+		__builtin_memcpy(fresh.mac, buf + 22, 6);
+		fresh.replies = 1;
+		fresh.claimer_slot = slot;
+		arp_targets.update(&spa, &fresh);
+		return;
+	}
+	__sync_fetch_and_add(&c->replies, 1);
+	const __u8 zero[6] = {};
+	if (same_mac(c->mac, zero)) {
+		__builtin_memcpy(c->mac, buf + 22, 6);
+		c->claimer_slot = slot;
+	} else if (!same_mac(c->mac, buf + 22)) {
+		__sync_fetch_and_add(&c->conflicts, 1);
+		__builtin_memcpy(c->other_mac, buf + 22, 6);
+		c->other_slot = slot;
+	}
 }
 
 /* A flooded frame entering the bridge: new, or back again? */
@@ -190,11 +259,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	int is_arp = buf[12] == 0x08 && buf[13] == 0x06;
 	if (is_arp) {
 		count(slot, PC_RX_ARP, 1);
-		/* ARP op at offset 20 of an untagged Ethernet frame (RFC 826) */
-		if (buf[20] == 0 && buf[21] == 1)
-			count(slot, PC_ARP_REQUESTS, 1);
-		else if (buf[20] == 0 && buf[21] == 2)
-			count(slot, PC_ARP_REPLIES, 1);
+		arp_seen(slot, buf, now);
 	}
 	if (is_own_mac(buf + 6)) {
 		/* br_fdb_update() would log "received packet on X with own address
@@ -227,9 +292,16 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		return 0;
 	if (w & WATCH_BRIDGE) {
 		/* The host's own stack sends through the bridge (br_dev_xmit()):
-		 * what follows on the ports originates locally. */
+		 * what follows on the ports originates locally. Its ARP replies
+		 * answer requests seen on the ports, so they count as claims. */
 		cur->ts_ns = now;
 		cur->slot = 0;
+		__u64 arp[FINGERPRINT_BYTES / 8] = {};
+		if (bpf_probe_read_kernel(arp, sizeof(arp), start) == 0) {
+			const __u8 *b = (const __u8 *)arp;
+			if (b[12] == 0x08 && b[13] == 0x06)
+				arp_seen(0, b, now);
+		}
 		return 0;
 	}
 	/* Same softirq as the ingress that caused it: well under a millisecond. */

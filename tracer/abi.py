@@ -95,9 +95,68 @@ class FrameEvent(ctypes.Structure):
     ]
 
 
+class ArpTarget(ctypes.Structure):
+    _fields_ = [
+        ("requests", ctypes.c_uint64),
+        ("replies", ctypes.c_uint64),
+        ("conflicts", ctypes.c_uint64),
+        ("last_request_ns", ctypes.c_uint64),
+        ("mac", ctypes.c_uint8 * 6),
+        ("other_mac", ctypes.c_uint8 * 6),
+        ("asker_slot", ctypes.c_uint32),
+        ("claimer_slot", ctypes.c_uint32),
+        ("other_slot", ctypes.c_uint32),
+    ]
+
+
+class NeighKey(ctypes.Structure):
+    _fields_ = [
+        ("netns", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
+        ("addr", ctypes.c_uint8 * 16),
+    ]
+
+
+class NeighStats(ctypes.Structure):
+    _fields_ = [
+        ("failed", ctypes.c_uint64),
+        ("incomplete", ctypes.c_uint64),
+        ("reachable", ctypes.c_uint64),
+        ("stale", ctypes.c_uint64),
+        ("lladdr_changes", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("state", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 1),
+        ("lladdr", ctypes.c_uint8 * 6),
+        ("prev_lladdr", ctypes.c_uint8 * 6),
+        ("pad2", ctypes.c_uint8 * 2),
+    ]
+
+
+class NeighEvent(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("old_state", ctypes.c_uint8),
+        ("new_state", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("netns", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+        ("addr", ctypes.c_uint8 * 16),
+        ("old_lladdr", ctypes.c_uint8 * 6),
+        ("new_lladdr", ctypes.c_uint8 * 6),
+        ("pad2", ctypes.c_uint8 * 4),
+    ]
+
+
 # Every struct the header defines, by its C name (the ABI test walks this).
 STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
-           "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent}
+           "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
+           "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
+           "neigh_event": NeighEvent}
 
 # Names of the per-port counters (PC_* in the header), by index.
 PORT_COUNTER_NAMES = {v: k[3:].lower() for k, v in CONST.items() if k.startswith("PC_")}

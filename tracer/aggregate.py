@@ -101,6 +101,9 @@ class BridgeState:
         self.echoes: deque = deque(maxlen=RECENT_EVENTS)
         self.loops: deque = deque(maxlen=RECENT_EVENTS)
         self.fdb_events = 0
+        self.arp: list = []             # arp_targets snapshot (latest)
+        self.neigh: list = []           # neigh_entries snapshot (latest)
+        self.neigh_events: deque = deque(maxlen=RECENT_EVENTS)
         self.interval = 0.0
         self._last_t: float | None = None
 

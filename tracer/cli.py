@@ -90,6 +90,22 @@ def loops(**kw):
 
 
 @cli.command()
+@bridge_options
+@click.option("--all-netns", is_flag=True, default=False,
+              help="Watch neighbour entries in every network namespace, not only the bridge's.")
+def neigh(all_netns, **kw):
+    """ARP per port and the kernel's neighbour state machine.
+
+    \b
+    Examples:
+      brtrace neigh --bridge br-int
+      brtrace neigh -b br-int --all-netns -d 30 -o json
+    """
+    from tracer.views.neigh import run_neigh
+    sys.exit(run_neigh(_config(kw), all_netns=all_netns))
+
+
+@cli.command()
 @click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
               help="Bridge to export (repeat for several, all in one namespace).")
 @click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges.")

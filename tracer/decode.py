@@ -12,7 +12,7 @@ import ctypes
 import ipaddress
 import struct
 
-from tracer.abi import CONST, DropEvent, FdbEvent, FrameEvent
+from tracer.abi import CONST, DropEvent, FdbEvent, FrameEvent, NeighEvent
 
 ETHERTYPES = {
     0x0800: "ipv4", 0x0806: "arp", 0x86DD: "ipv6", 0x8100: "vlan", 0x88A8: "qinq",
@@ -141,6 +141,31 @@ def parse_frame_event(raw: bytes) -> dict:
     return rec
 
 
+# NUD_* states (include/uapi/linux/neighbour.h, stable ABI).
+NUD_STATES = {0x00: "none", 0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay",
+              0x10: "probe", 0x20: "failed", 0x40: "noarp", 0x80: "permanent"}
+
+
+def nud_name(state: int) -> str:
+    return NUD_STATES.get(state, f"0x{state:02x}")
+
+
+def neigh_addr(family: int, raw: bytes) -> str:
+    if family == 10:
+        return str(ipaddress.IPv6Address(bytes(raw[:16])))
+    return str(ipaddress.IPv4Address(bytes(raw[:4])))
+
+
+def parse_neigh_event(raw: bytes) -> dict:
+    if len(raw) < ctypes.sizeof(NeighEvent):
+        raise ValueError(f"short neigh record: {len(raw)} bytes")
+    ev = NeighEvent.from_buffer_copy(raw[:ctypes.sizeof(NeighEvent)])
+    return {"kind": "neigh", "ts_ns": ev.ts_ns, "netns": ev.netns, "ifindex": ev.ifindex,
+            "ip": neigh_addr(ev.family, bytes(ev.addr)), "old_state": nud_name(ev.old_state),
+            "new_state": nud_name(ev.new_state), "old_lladdr": mac_str(bytes(ev.old_lladdr)),
+            "new_lladdr": mac_str(bytes(ev.new_lladdr))}
+
+
 def parse_event(raw: bytes) -> dict:
     """Any ring-buffer record, by its first byte (bpf/brtrace.h EVENT_*)."""
     if not raw:
@@ -154,4 +179,6 @@ def parse_event(raw: bytes) -> dict:
         return parse_fdb_event(raw)
     if kind in (CONST["EVENT_ECHO"], CONST["EVENT_LOOP"]):
         return parse_frame_event(raw)
+    if kind == CONST["EVENT_NEIGH"]:
+        return parse_neigh_event(raw)
     raise ValueError(f"unknown record kind {kind}")

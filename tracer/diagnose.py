@@ -193,7 +193,85 @@ def not_forwarded(inp: Inputs) -> list:
     return out
 
 
-DETECTORS = (own_address_echo, mac_flap, l2_loop, storm, not_forwarded)
+# ARP requests for one address with no reply at all that make a finding.
+ARP_UNANSWERED_MIN = 3
+# REACHABLE/STALE transitions of one entry that make churn.
+NEIGH_CHURN_MIN = 20
+
+
+def arp_unanswered(inp: Inputs) -> list:
+    out = []
+    for t in sorted(inp.state.arp, key=lambda t: -t["requests"]):
+        if t["requests"] < ARP_UNANSWERED_MIN or t["replies"]:
+            continue
+        asker = t.get("asker") or "?"
+        out.append(Finding(
+            "arp_unanswered", inp.bridge.name, [asker], "warning",
+            f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on "
+            f"{inp.bridge.name}: nothing behind the bridge answers for {t['ip']}",
+            f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
+            f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
+            {"ip": t["ip"], "requests": t["requests"], "replies": 0}))
+    return out
+
+
+def ip_conflict(inp: Inputs) -> list:
+    out = []
+    for t in inp.state.arp:
+        if not t["conflicts"]:
+            continue
+        ports = [p for p in dict.fromkeys([t.get("claimer"), t.get("other")]) if p]
+        out.append(Finding(
+            "ip_conflict", inp.bridge.name, ports, "critical",
+            f"{t['ip']} is claimed by two MACs: {t['mac']} ({t.get('claimer') or '?'}) and "
+            f"{t['other_mac']} ({t.get('other') or '?'}), {t['conflicts']} conflicting ARP claims",
+            "two hosts use the same address (or a VM was cloned); neighbours flip between the two MACs",
+            {"ip": t["ip"], "macs": [t["mac"], t["other_mac"]], "conflicting_claims": t["conflicts"]}))
+    for n in inp.state.neigh:
+        if n["lladdr_changes"] and n["state"] not in ("failed", "incomplete"):
+            out.append(Finding(
+                "ip_conflict", inp.bridge.name, [n["dev"]], "warning",
+                f"the neighbour entry for {n['ip']} on {n['dev']} changed MAC {n['lladdr_changes']} times "
+                f"({n['prev_lladdr']} -> {n['lladdr']})",
+                "a gateway whose MAC changes is a failover, a cloned VM, or ARP spoofing; "
+                "compare with the ARP claims seen on the bridge",
+                {"ip": n["ip"], "macs": [n["prev_lladdr"], n["lladdr"]], "changes": n["lladdr_changes"]}))
+    return out
+
+
+def neigh_failed(inp: Inputs) -> list:
+    out = []
+    for n in inp.state.neigh:
+        if not n["failed"]:
+            continue
+        drops = sum(r.count for r in inp.drop_rows if r.reason.startswith("NEIGH_"))
+        out.append(Finding(
+            "neigh_failed", inp.bridge.name, [n["dev"]], "critical",
+            f"resolving {n['ip']} on {n['dev']} failed {n['failed']} times (INCOMPLETE -> FAILED): "
+            f"packets queued for it were dropped" + (f" ({drops} NEIGH_* drops seen)" if drops else ""),
+            f"nothing answered ARP/NDP for {n['ip']}; check that the host is up and reachable through "
+            f"the bridge (`brtrace neigh` shows the unanswered requests per port)",
+            {"ip": n["ip"], "failed": n["failed"], "incomplete": n["incomplete"], "dev": n["dev"]}))
+    return out
+
+
+def arp_churn(inp: Inputs) -> list:
+    out = []
+    for n in inp.state.neigh:
+        flips = n["reachable"] + n["stale"]
+        if flips < NEIGH_CHURN_MIN:
+            continue
+        out.append(Finding(
+            "arp_churn", inp.bridge.name, [n["dev"]], "warning",
+            f"the neighbour entry for {n['ip']} on {n['dev']} went REACHABLE/STALE {flips} times "
+            f"in {inp.seconds:.0f} s",
+            "short base_reachable_time or gc thresholds, or replies that arrive only sometimes",
+            {"ip": n["ip"], "reachable": n["reachable"], "stale": n["stale"]}))
+    return out
+
+
+DETECTORS = (own_address_echo, mac_flap, l2_loop, storm, not_forwarded,
+             arp_unanswered, ip_conflict, neigh_failed, arp_churn)
 
 
 def diagnose(inp: Inputs) -> list:

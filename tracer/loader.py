@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 from tracer import abi
@@ -48,6 +49,19 @@ GROUPS = {
         ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
         ("BRPORT_STATE_OFF", "net_bridge_port", "state"),
     ), ()),
+    "neigh.bpf.c": ((
+        ("NEIGH_DEV_OFF", "neighbour", "dev"),
+        ("NEIGH_TBL_OFF", "neighbour", "tbl"),
+        ("NEIGH_STATE_OFF", "neighbour", "nud_state"),
+        ("NEIGH_HA_OFF", "neighbour", "ha"),
+        ("NEIGH_KEY_OFF", "neighbour", "primary_key"),
+        ("TBL_FAMILY_OFF", "neigh_table", "family"),
+    ), (
+        ("ARG_NEIGH_UPDATE_DONE", "neigh_update_done", "struct neighbour *"),
+        ("ARG_NEIGH_TIMER", "neigh_timer_handler", "struct neighbour *"),
+        ("ARG_NEIGH_SEND_DONE", "neigh_event_send_done", "struct neighbour *"),
+        ("ARG_NEIGH_SEND_DEAD", "neigh_event_send_dead", "struct neighbour *"),
+    )),
     "fdb.bpf.c": ((
         ("BR_DEV_OFF", "net_bridge", "dev"),
         ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
@@ -115,6 +129,10 @@ def _import_bcc():
             "bcc is not importable from this Python",
             "run scripts/setup (it installs python3-bpfcc and a venv that sees it)") from exc
     return bcc
+
+
+def _mac(raw) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
 
 
 def _mac_key(mac: str) -> int:
@@ -254,13 +272,40 @@ class Session:
         table = self.bpf["fdb_port_counters"]
         return {slot: sum(table[ctypes.c_int(slot)]) for slot in slots}
 
+    def arp_targets(self) -> list[dict]:
+        """Every IPv4 address ARP asked for or claimed on the ports (bounded LRU)."""
+        if not self.has_map("arp_targets"):
+            return []
+        out = []
+        for key, t in self.bpf["arp_targets"].items():
+            out.append({"ip": socket.inet_ntoa(int(key.value).to_bytes(4, "little")),
+                        "requests": t.requests, "replies": t.replies, "conflicts": t.conflicts,
+                        "mac": _mac(t.mac), "other_mac": _mac(t.other_mac),
+                        "asker_slot": t.asker_slot, "claimer_slot": t.claimer_slot,
+                        "other_slot": t.other_slot})
+        return out
+
+    def neigh_entries(self) -> list[dict]:
+        """Neighbour entries seen changing (bounded LRU), with transition counts."""
+        if not self.has_map("neigh_entries"):
+            return []
+        from tracer.decode import neigh_addr, nud_name  # noqa: PLC0415 - pure helpers
+        out = []
+        for key, st in self.bpf["neigh_entries"].items():
+            out.append({"netns": key.netns, "ifindex": key.ifindex,
+                        "ip": neigh_addr(key.family, bytes(key.addr)), "state": nud_name(st.state),
+                        "failed": st.failed, "incomplete": st.incomplete, "reachable": st.reachable,
+                        "stale": st.stale, "lladdr_changes": st.lladdr_changes,
+                        "lladdr": _mac(st.lladdr), "prev_lladdr": _mac(st.prev_lladdr)})
+        return out
+
     def fdb_moves(self) -> list[dict]:
         """Every MAC the FDB hook saw created or moved (bounded LRU)."""
         if not self.has_map("fdb_moves"):
             return []
         out = []
         for key, m in self.bpf["fdb_moves"].items():
-            out.append({"mac": ":".join(f"{b:02x}" for b in bytes(key.mac)), "vlan": key.vlan,
+            out.append({"mac": _mac(key.mac), "vlan": key.vlan,
                         "count": m.count, "slot": m.slot, "prev_slot": m.prev_slot,
                         "last_ns": m.last_ns})
         return out

@@ -8,6 +8,7 @@ bridge's ports, stop on duration, signal or a vanished bridge.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 
@@ -18,6 +19,7 @@ from tracer.diagnose import Inputs, diagnose
 from tracer.errors import BridgeGone
 from tracer.report import drop_rows, sample_record
 from tracer.session import BridgeRun, Stopped
+from tracer.topology import NETNS_DIR
 
 
 class Monitor:
@@ -46,6 +48,9 @@ class Monitor:
                 self.drops.add_sample(rec)
                 if emit:
                     emit(sample_record(rec, run.bridge, run.kernel.reasons, run.kernel.kallsyms, run.names))
+            elif rec["kind"] == "neigh":
+                rec["dev"] = self.device_name(rec["netns"], rec["ifindex"])
+                self.bridge_state.neigh_events.append(rec)
             else:
                 self.bridge_state.add_event(rec, self.port_name)
 
@@ -55,6 +60,13 @@ class Monitor:
             self.port_events.append(ev)
             if emit:
                 emit(ev)
+
+    def device_name(self, netns_inode: int, ifindex: int) -> str:
+        """A device anywhere: its name in the bridge's namespace, else
+        `ifindex N@netns` with the namespace's `ip netns` name when known."""
+        if netns_inode == self.run.netns.inode:
+            return self.port_name(ifindex)
+        return f"ifindex {ifindex}@{netns_name(netns_inode)}"
 
     def port_name(self, ifindex: int) -> str:
         return self.run.names.get(ifindex) or self.run.bridge.port_name(ifindex)
@@ -82,7 +94,11 @@ class Monitor:
             moves.append({**m, "port": names.get(m["slot"]),
                           "prev_port": names.get(m["prev_slot"]) if m["count"] > 1 else None})
         drops = session.drop_counts() if session.has_map("drop_counts") else {}
-        return {"drops": drops, "counters": counters, "matrix": matrix, "moves": moves}
+        arp = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
+                "other": names.get(t["other_slot"])} for t in session.arp_targets()]
+        neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in session.neigh_entries()]
+        return {"drops": drops, "counters": counters, "matrix": matrix, "moves": moves,
+                "arp": arp, "neigh": neigh}
 
     def tick(self) -> None:
         """Fold a snapshot of every kernel map the run has loaded."""
@@ -90,6 +106,8 @@ class Monitor:
         if self.run.session.has_map("drop_counts"):
             self.drops.fold_counts(snap["drops"], now)
         self.bridge_state.fold(snap["counters"], snap["matrix"], snap["moves"], now)
+        self.bridge_state.arp = snap["arp"]
+        self.bridge_state.neigh = snap["neigh"]
 
     def rows(self) -> list:
         run = self.run
@@ -106,6 +124,20 @@ class Monitor:
         out = self.run.session.stats() if self.run.session else {}
         out["bad_records"] = self.bad_records
         return out
+
+
+def netns_name(inode: int) -> str:
+    """The `ip netns` name of a namespace inode, or `netns:<inode>`."""
+    try:
+        for name in os.listdir(NETNS_DIR):
+            try:
+                if os.stat(os.path.join(NETNS_DIR, name)).st_ino == inode:
+                    return name
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return f"netns:{inode}"
 
 
 # How often the loop looks at netlink for ports that joined or left.

@@ -53,7 +53,8 @@ HOOKS = (
          candidates=(Candidate("raw_tracepoint", "br_fdb_update"),)),
     Hook("neigh", "neighbour (ARP/NDP) state changes",
          required=False,
-         candidates=(Candidate("raw_tracepoint", "neigh_update"),)),
+         candidates=(Candidate("raw_tracepoint", "neigh_update_done+neigh_timer_handler"
+                                         "+neigh_event_send_done+neigh_event_send_dead"),)),
 )
 
 

@@ -22,7 +22,7 @@ from tracer.topology import Topology, port_changes, resolve_netns
 
 
 HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bpf.c": "forward",
-                  "fdb.bpf.c": "fdb"}
+                  "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh"}
 
 
 class Stopped(Exception):
@@ -51,7 +51,7 @@ class BridgeRun:
         # hook names (tracer/probes.py) these sources implement, for headers
         self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
         self.mode = None               # forward hook's mechanism, once open
-        self.extra_defines = defines or {}
+        self.extra_defines = {"ALL_NETNS": 0, **(defines or {})}
         self.session: Session | None = None
         self.topo: Topology | None = None
         self.names: dict = {}          # ifindex -> last known name (ports that left)

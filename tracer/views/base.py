@@ -65,9 +65,9 @@ def warn_run(run: BridgeRun) -> None:
         print(f"brtrace: warning: port ifindex {idx} has no counter slot (too many ports)", file=sys.stderr)
 
 
-def run_view(view: View, cfg: Config, out=None) -> int:
+def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
     out = out or sys.stdout
-    run = BridgeRun(cfg, view.sources)
+    run = BridgeRun(cfg, view.sources, defines)
     gone = None
     with stop_on_signals():
         try:
