@@ -91,6 +91,21 @@ def loops(**kw):
 
 @cli.command()
 @bridge_options
+def top(**kw):
+    """Live full-screen view: per-port rates, drops, MAC moves, echoes, findings.
+
+    \b
+    Keys: q quit, s sort, p pause, j/k or arrows select, d/Enter drill into a port.
+    Without a terminal it prints a plain table every interval.
+    Example:
+      brtrace top --bridge br-int
+    """
+    from tracer.views.top import run_top
+    sys.exit(run_top(_config(kw)))
+
+
+@cli.command()
+@bridge_options
 @click.option("--all-netns", is_flag=True, default=False,
               help="Watch neighbour entries in every network namespace, not only the bridge's.")
 def neigh(all_netns, **kw):

@@ -42,6 +42,16 @@ def stop_on_signals():
             signal.signal(s, handler)
 
 
+def write_ready_file(path: str) -> None:
+    """Tell a waiting test or script that every probe is attached."""
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write --ready-file {path}: {exc.strerror}",
+                         "pass a writable path") from exc
+
+
 class BridgeRun:
     """The kernel side of a view: open() attaches, close() detaches."""
 
@@ -78,8 +88,7 @@ class BridgeRun:
         self._apply_watch()
         self.started = time.monotonic()
         if self.cfg.ready_file:
-            with open(self.cfg.ready_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            write_ready_file(self.cfg.ready_file)
         return self
 
     def _apply_watch(self) -> None:

@@ -102,7 +102,9 @@ class Topology:
     def __init__(self, netns: Netns):
         self.netns = netns
         try:
-            self._ipr = IPRoute(netns=netns.path) if netns.name else IPRoute()
+            # flags=0: never create the namespace (pyroute2's default is O_CREAT,
+            # which would make a new empty one if it vanished since resolve_netns()).
+            self._ipr = IPRoute(netns=netns.path, flags=0) if netns.name else IPRoute()
         except (OSError, NetlinkError) as exc:
             raise UsageError(f"cannot enter network namespace {netns.name!r}: {exc}",
                              "run as root; check `ip netns list`") from exc

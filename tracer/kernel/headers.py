@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,11 +79,16 @@ def bcc_kernel_source() -> tuple[Path | None, str]:
     arch, common = pairs[0]
     dest = CACHE_ROOT / "headers" / arch.name
     if not (dest / "include" / "generated").exists():
-        CACHE_ROOT.joinpath("headers").mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=CACHE_ROOT / "headers"))
+        try:
+            CACHE_ROOT.joinpath("headers").mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=CACHE_ROOT / "headers"))
+        except OSError as exc:
+            raise KernelFeatureError(
+                f"cannot prepare kernel headers for bcc in {CACHE_ROOT} ({exc.strerror})",
+                "set BRTRACE_CACHE to a writable directory") from exc
         merge_trees(tmp, [arch, common])
         try:
             tmp.rename(dest)
         except OSError:  # another brtrace merged it first
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest, f"{arch.name} merged with {common.name} in {dest}; offsets come from BTF"

@@ -27,6 +27,7 @@ class BridgeSnapshot:
     findings: list = field(default_factory=list)    # (type, port, active)
     probes: dict = field(default_factory=dict)      # hook -> attached (bool)
     stats: dict = field(default_factory=dict)       # events_lost, events_rate_limited, ...
+    neigh_failures: dict = field(default_factory=dict)  # device -> resolutions that failed
 
 
 # (metric, help, label values from a port's counters: {label value: counter})
@@ -77,6 +78,9 @@ class BrtraceCollector:
                                      labels=["bridge", "type", "port"])
         probes = GaugeMetricFamily("brtrace_probe_attached", "1 if the hook is attached, 0 if not.",
                                    labels=["bridge", "probe"])
+        neigh = CounterMetricFamily("brtrace_neighbour_failures",
+                                    "Neighbour resolutions (ARP/NDP) that ended in FAILED, by device.",
+                                    labels=["bridge", "port"])
         lost = CounterMetricFamily("brtrace_events_lost", "Sampled records the ring buffer had no room for.",
                                    labels=["bridge"])
         limited = CounterMetricFamily("brtrace_events_rate_limited",
@@ -103,12 +107,15 @@ class BrtraceCollector:
                 findings.add_metric([snap.bridge, type_, port], 1 if (type_, port) in active else 0)
             for hook, attached in sorted(snap.probes.items()):
                 probes.add_metric([snap.bridge, hook], 1 if attached else 0)
+            for device, n in sorted(snap.neigh_failures.items()):
+                neigh.add_metric([snap.bridge, device], n)
             lost.add_metric([snap.bridge], snap.stats.get("events_lost", 0))
             limited.add_metric([snap.bridge], snap.stats.get("events_rate_limited", 0))
         yield info
         yield drops
         yield from families.values()
         yield from singles.values()
+        yield neigh
         yield findings
         yield probes
         yield lost

@@ -20,10 +20,10 @@ from tracer.errors import BridgeGone, UsageError
 from tracer.monitor import Monitor
 from tracer.output.prometheus import BridgeSnapshot, BrtraceCollector
 from tracer.report import base_function
-from tracer.session import BridgeRun, Stopped, stop_on_signals
+from tracer.session import BridgeRun, Stopped, stop_on_signals, write_ready_file
 from tracer.views.base import warn_run
 
-SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
+SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c", "neigh.bpf.c")
 
 
 def parse_listen(listen: str) -> tuple:
@@ -48,14 +48,21 @@ def bridge_snapshot(run: BridgeRun, monitor: Monitor) -> BridgeSnapshot:
     groups = {}
     for (ifindex, reason, location, _eth), n in snap["drops"].items():
         port = run.names.get(ifindex) or run.bridge.port_name(ifindex)
-        function = base_function(run.kernel.kallsyms.symbolize(location).name)
+        # Without /proc/kallsyms addresses (no CAP_SYSLOG) the name would be a
+        # raw address that changes every boot: not a label.
+        function = (base_function(run.kernel.kallsyms.symbolize(location).name)
+                    if run.kernel.kallsyms.usable else "unknown")
         key = (port, run.kernel.reasons.name(reason), function)
         groups[key] = groups.get(key, 0) + n
     findings = [(f.type, p, f.active) for f in monitor.last_findings for p in f.ports]
     probes = {c.hook.name: c.picked is not None for c in run.kernel.choices if c.hook.name in run.hooks}
+    failures: dict = {}
+    for n in snap["neigh"]:
+        failures[n["dev"]] = failures.get(n["dev"], 0) + n["failed"]
     return BridgeSnapshot(bridge=run.bridge.name, netns=run.netns.name, mode=run.mode or "",
                           drops=[(*k, n) for k, n in groups.items()], ports=snap["counters"],
-                          findings=findings, probes=probes, stats=monitor.stats())
+                          findings=findings, probes=probes, stats=monitor.stats(),
+                          neigh_failures=failures)
 
 
 def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
@@ -90,8 +97,7 @@ def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
                 print(f"brtrace export: note: {host} is not loopback; the metrics are reachable "
                       "from the network", file=out, flush=True)
             if cfg.ready_file:
-                with open(cfg.ready_file, "w") as f:
-                    f.write("ready\n")
+                write_ready_file(cfg.ready_file)
             gone = _loop(cfg, runs, monitors, lock)
             server.shutdown()
         except Stopped:
@@ -105,14 +111,19 @@ def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
 
 
 def _loop(cfg, runs, monitors, lock):
+    """Keep draining the ring buffers (so records do not pile up between
+    refreshes), refresh topology and findings every interval."""
     deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
+    next_tick = time.monotonic() + cfg.interval
     try:
         while deadline is None or time.monotonic() < deadline:
             for run, m in zip(runs, monitors):
-                run.session.poll(10)
+                run.session.poll(max(1, 100 // len(runs)))
                 with lock:
                     m.drain()
-            time.sleep(max(0.0, min(cfg.interval, (deadline or 1e18) - time.monotonic())))
+            if time.monotonic() < next_tick:
+                continue
+            next_tick += cfg.interval
             with lock:
                 for run, m in zip(runs, monitors):
                     run.refresh()
@@ -123,4 +134,3 @@ def _loop(cfg, runs, monitors, lock):
     except Stopped:
         return None
     return None
-
