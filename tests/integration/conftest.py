@@ -98,3 +98,4 @@ def tracer_factory(tmp_path):
         if t.proc.poll() is None:
             t.proc.kill()
             t.proc.communicate()
+

@@ -12,6 +12,8 @@ from tracer.lab import ETH_P_LAB, ether, send_frames
 
 from pathlib import Path
 
+from progs import held_prog_ids, wait_unloaded
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
@@ -48,22 +50,22 @@ def test_bad_bridge_or_netns_is_one_line(lab, args, needle):
 
 
 def test_sigterm_prints_summary_and_detaches(lab, tracer_factory):
-    before = our_progs()
     t = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "120")
-    assert our_progs() - before, "brtrace attached no program"
+    held = held_prog_ids(t.proc.pid)
+    assert held & our_progs(), "brtrace attached no kfree_skb program"
     h1, h2 = lab.host(1), lab.host(2)
     send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 5)
     t.stop(sig=signal.SIGINT)
     assert t.proc.returncode == 0
     assert t.count(reason="MAC_INVALID_SOURCE") == 5
     assert len(t.kind("summary")) == 1
-    assert not (our_progs() - before), "BPF programs left behind"
+    assert not wait_unloaded(held), "BPF programs left behind"
 
 
 def test_bridge_vanishing_mid_run(lab, tracer_factory):
-    before = our_progs()
     t = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns,
                        "--interval", "0.3", "--duration", "120")
+    held = held_prog_ids(t.proc.pid)
     h1, h2 = lab.host(1), lab.host(2)
     send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 4)
     time.sleep(0.5)
@@ -76,7 +78,7 @@ def test_bridge_vanishing_mid_run(lab, tracer_factory):
     drops = [r for r in records if r["kind"] == "drop"]
     assert [(d["port"], d["reason"], d["count"]) for d in drops] == [(h1.port, "MAC_INVALID_SOURCE", 4)]
     assert records[-1]["kind"] == "summary"
-    assert not (our_progs() - before)
+    assert held and not wait_unloaded(held)
 
 
 def _fake_missing_bcc(tmp_path):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from progs import held_prog_ids, wait_unloaded
 from tracer.lab import ETH_P_LAB, ether, send_frames
 
 pytestmark = pytest.mark.integration
@@ -62,15 +63,12 @@ def test_two_instances_on_one_bridge_count_the_same(lab, tracer_factory):
 def test_sigkill_leaves_nothing_and_restart_works(lab, tracer_factory):
     """bcc's programs and maps live as long as their file descriptors: a
     SIGKILLed brtrace leaves nothing attached, and a new one starts cleanly."""
-    before = raw_tracepoint_progs()
     t = tracer_factory("loops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "120")
-    assert raw_tracepoint_progs() - before
+    held = held_prog_ids(t.proc.pid)
+    assert len(held & raw_tracepoint_progs()) >= 4      # kfree_skb, rx, tx, fdb
     os.kill(t.proc.pid, signal.SIGKILL)
     t.proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while raw_tracepoint_progs() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert raw_tracepoint_progs() - before == set()
+    assert wait_unloaded(held) == set()
     h1, h2 = lab.host(1), lab.host(2)
     t2 = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "60")
     send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 7)

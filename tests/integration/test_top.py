@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
+from progs import held_prog_ids
 
 REPO = Path(__file__).resolve().parents[2]
 # The program under test. Until `brtrace top` is registered in tracer/cli.py
@@ -39,26 +40,10 @@ def raw_tracepoint_progs() -> dict:
     return {p["id"]: p.get("name") for p in json.loads(out) if p.get("type") == "raw_tracepoint"}
 
 
-def held_progs(pid: int) -> set:
-    """IDs of the BPF programs process `pid` holds open (its fdinfo). Other
-    brtrace runs may load and unload the same programs meanwhile, so the
-    tests follow these IDs rather than diff the whole list."""
-    ids = set()
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    for f in fdinfo.iterdir():
-        try:
-            for line in f.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-        except OSError:
-            pass            # an fd closed while we read
-    return ids
-
-
 def attached(top) -> set:
     """Our raw-tracepoint programs, checked by name; at least kfree_skb."""
     progs = raw_tracepoint_progs()
-    ours = {i for i in held_progs(top.pid) if i in progs}
+    ours = {i for i in held_prog_ids(top.pid) if i in progs}
     names = {progs[i] for i in ours}
     assert "kfree_skb" in names and names <= OUR_PROGRAMS, names
     return ours
