@@ -86,6 +86,8 @@ class BridgeRun:
         defines.update(self.extra_defines)
         self.session = Session(Program(self.sources, defines))
         self._apply_watch()
+        # The interfaces' own drop counters at start, to reconcile at the end.
+        self.iface_baseline = {i: (p.rx_dropped, p.tx_dropped) for i, p in self.bridge.ports.items()}
         self.started = time.monotonic()
         if self.cfg.ready_file:
             write_ready_file(self.cfg.ready_file)
@@ -104,6 +106,16 @@ class BridgeRun:
         self.fdb_now = self.topo.fdb(self.bridge)
         self.own_macs = {e.mac for e in self.fdb_now if e.local} | {self.bridge.mac}
         self.session.set_own_macs(self.own_macs)
+
+    def iface_drops(self) -> dict:
+        """port name -> (rx_dropped, tx_dropped) the interface itself counted
+        during the run (netlink stats64), for ports present at start and now."""
+        out = {}
+        for ifindex, port in self.bridge.ports.items():
+            if ifindex in self.iface_baseline:
+                rx0, tx0 = self.iface_baseline[ifindex]
+                out[port.name] = (port.rx_dropped - rx0, port.tx_dropped - tx0)
+        return out
 
     def slot_name(self, slot: int) -> str:
         ifindex = self.slots.owner.get(slot)

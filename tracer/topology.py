@@ -47,6 +47,8 @@ class Port:
     operstate: str
     txqlen: int
     stp_state: str     # forwarding, blocking, ... (STP_STATES)
+    rx_dropped: int = 0   # the interface's own counters (netlink stats64)
+    tx_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ class Topology:
                     ifindex=l["index"], name=l.get("IFLA_IFNAME"), kind=_kind(l),
                     mac=l.get("IFLA_ADDRESS") or "", mtu=l.get("IFLA_MTU") or 0,
                     operstate=l.get("IFLA_OPERSTATE") or "", txqlen=l.get("IFLA_TXQLEN") or 0,
-                    stp_state=STP_STATES.get(states.get(l["index"], -1), "unknown"))
+                    stp_state=STP_STATES.get(states.get(l["index"], -1), "unknown"),
+                    **_dropped(l))
         return Bridge(ifindex=ifindex, name=name, mac=link.get("IFLA_ADDRESS") or "",
                       mtu=link.get("IFLA_MTU") or 0, netns=self.netns, ports=ports)
 
@@ -226,6 +229,13 @@ def _bound_link_socket() -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
     s.bind((0, RTMGRP_LINK))
     return s
+
+
+def _dropped(link) -> dict:
+    stats = link.get("IFLA_STATS64")
+    if stats is None:
+        return {}
+    return {"rx_dropped": stats.get("rx_dropped") or 0, "tx_dropped": stats.get("tx_dropped") or 0}
 
 
 def _kind(link) -> str:

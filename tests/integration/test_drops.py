@@ -157,3 +157,17 @@ def test_same_name_bridge_in_another_namespace_is_not_mixed_in(lab, tracer_facto
                     ether(lab.host(2).mac, "01:00:5e:00:00:02", ETH_P_LAB, b"x"), 3)
         t.stop()
     assert [(d["port"], d["count"]) for d in t.kind("drop")] == [(lab.host(1).port, 3)]
+
+
+def test_reconciliation_with_interface_counters(lab, tracer_factory):
+    """A tap whose reader never reads: its own tx_dropped and brtrace agree."""
+    h1 = lab.host(1)
+    tap = lab.add_tap(lab.prefix + "t0", reader="stalled", txqueuelen=10)
+    lab.add_fdb("02:b7:00:00:aa:01", tap.name)
+    t = tracer_factory(*drops_cmd(lab))
+    send_frames(h1.netns, h1.ifname, ether("02:b7:00:00:aa:01", h1.mac, ETH_P_LAB, b"x"), K)
+    t.stop()
+    rec = {r["port"]: r for r in t.kind("reconcile")}
+    assert (rec[tap.name]["iface_tx_dropped"], rec[tap.name]["brtrace_drops"]) == (K - 10, K - 10)
+    assert rec[tap.name]["unexplained"] == 0
+    assert rec[h1.port]["iface_rx_dropped"] == 0

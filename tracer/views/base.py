@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from tracer.config import Config
+from tracer.errors import BridgeGone
 from tracer.monitor import Monitor, drive
 from tracer.output import jsonl
 from tracer.session import BridgeRun, Stopped, stop_on_signals
@@ -95,6 +96,10 @@ def _conclude(view, cfg, run, monitor, out, emit) -> None:
     """Last read of the kernel maps, then the summary in the chosen format."""
     run.session.poll(0)      # deliver what is still in the ring buffer
     monitor.drain(emit)
+    try:
+        monitor.note_port_events(run.refresh())   # fresh interface counters for the summary
+    except BridgeGone:
+        pass                 # the summary uses the last look at the bridge
     monitor.tick()
     rows = monitor.rows()
     findings = monitor.findings(rows)
