@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from tracer.abi import CONST
+
 SAMPLES_PER_GROUP = 32
 
 # (ifindex, reason, location, ethertype): the key of the kernel's drop_counts.
@@ -73,7 +75,7 @@ class DropState:
 
 
 RECENT_EVENTS = 256     # echo / loop records kept for evidence
-MAX_MACS = 16384        # MACs tracked for moves (the kernel's FDB_KEYS_MAX)
+MAX_MACS = CONST["FDB_KEYS_MAX"]   # MACs tracked for moves, as many as the kernel's LRU
 FDB_PORTS_PER_MAC = 8   # distinct ports remembered per MAC
 
 

@@ -13,7 +13,7 @@ import time
 from collections import deque
 
 from tracer import abi
-from tracer.aggregate import BridgeState, DropState
+from tracer.aggregate import MAX_MACS, BridgeState, DropState
 from tracer.decode import parse_event
 from tracer.diagnose import Inputs, diagnose
 from tracer.errors import BridgeGone
@@ -121,8 +121,23 @@ class Monitor:
                                drop_rows=self.rows() if rows is None else rows, ns_prefix=ns))
 
     def stats(self) -> dict:
+        """The kernel's self-counters, plus what was capped: bounded tables
+        (kernel LRU maps, Python's per-MAC state) that reached their size, so
+        the oldest entries were forgotten under hostile traffic."""
         out = self.run.session.stats() if self.run.session else {}
         out["bad_records"] = self.bad_records
+        st = self.bridge_state
+        # LRU maps evict silently before they are quite full: 90% counts as capped.
+        near = lambda n, size: n >= size * 9 // 10  # noqa: E731
+        capped = {
+            "fdb_macs": near(len(st.macs), MAX_MACS) or out.get("fdb_keys_full", 0) > 0,
+            "arp_targets": near(len(st.arp), abi.CONST["ARP_TARGETS_MAX"]),
+            "neigh_entries": near(len(st.neigh), abi.CONST["NEIGH_KEYS_MAX"]),
+            "drop_keys": out.get("drop_keys_full", 0) > 0,
+        }
+        out["capped"] = sorted(k for k, v in capped.items() if v)
+        out["tracked"] = {"fdb_macs": len(st.macs), "arp_targets": len(st.arp),
+                          "neigh_entries": len(st.neigh)}
         return out
 
 

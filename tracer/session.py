@@ -25,21 +25,50 @@ HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bp
                   "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh"}
 
 
+FDB_DUMP_EVERY = 2.0     # seconds between FDB dumps
+FDB_DUMP_MAX = 4096      # entries beyond which the FDB is no longer dumped
+
+
 class Stopped(Exception):
     """SIGTERM (or SIGINT) asked the run to end; the summary is still printed."""
+
+
+# Signals arriving inside a netlink exchange are deferred: pyroute2 runs its
+# sockets on an asyncio loop, and an exception raised in the middle of it
+# leaves that loop wedged (seen: SIGTERM during an FDB dump hung brtrace).
+_signals = {"deferring": 0, "pending": None}
 
 
 @contextmanager
 def stop_on_signals():
     """Turn SIGTERM and SIGINT into `Stopped` for the duration of a run."""
     def _raise(signum, _frame):
-        raise Stopped(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _signals["deferring"]:
+            _signals["pending"] = name
+            return
+        raise Stopped(name)
     old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def signals_deferred():
+    """Hold SIGTERM/SIGINT until the block ends, then raise Stopped."""
+    _signals["deferring"] += 1
+    try:
+        yield
+    finally:
+        _signals["deferring"] -= 1
+        pending, _signals["pending"] = _signals["pending"], None
+        if pending and not _signals["deferring"]:
+            raise Stopped(pending)
+        if pending:
+            _signals["pending"] = pending
 
 
 def write_ready_file(path: str) -> None:
@@ -67,13 +96,17 @@ class BridgeRun:
         self.names: dict = {}          # ifindex -> last known name (ports that left)
         self.slots = SlotTable(abi.CONST["MAX_PORTS"])
         self.own_macs: set = set()
+        self.fdb_now: list = []
+        self.fdb_skipped = False       # the FDB grew too large to dump
+        self._fdb_at: float | None = None
         self.started = time.monotonic()
 
     def open(self) -> "BridgeRun":
         require_root()
         self.netns = resolve_netns(self.cfg.netns)
-        self.topo = Topology(self.netns)
-        self.bridge = self.topo.bridge(self.cfg.bridge)
+        with signals_deferred():
+            self.topo = Topology(self.netns)
+            self.bridge = self.topo.bridge(self.cfg.bridge)
         self.kernel = Kernel.open()
         forward = self.kernel.choice("forward").picked
         if "forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe":
@@ -85,7 +118,8 @@ class BridgeRun:
                        RINGBUF_PAGES=64)
         defines.update(self.extra_defines)
         self.session = Session(Program(self.sources, defines))
-        self._apply_watch()
+        with signals_deferred():
+            self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.
         self.iface_baseline = {i: (p.rx_dropped, p.tx_dropped) for i, p in self.bridge.ports.items()}
         self.started = time.monotonic()
@@ -103,8 +137,11 @@ class BridgeRun:
         self.names[self.bridge.ifindex] = self.bridge.name
         for i, p in self.bridge.ports.items():
             self.names[i] = p.name
-        self.fdb_now = self.topo.fdb(self.bridge)
-        self.own_macs = {e.mac for e in self.fdb_now if e.local} | {self.bridge.mac}
+        self._maybe_dump_fdb()
+        # The bridge's own addresses: its MAC and its ports' (the kernel's local
+        # FDB entries, br_fdb_add_local()), plus any other local entry dumped.
+        self.own_macs = ({p.mac.lower() for p in self.bridge.ports.values() if p.mac}
+                         | {self.bridge.mac.lower()} | {e.mac for e in self.fdb_now if e.local})
         self.session.set_own_macs(self.own_macs)
 
     def iface_drops(self) -> dict:
@@ -117,6 +154,23 @@ class BridgeRun:
                 out[port.name] = (port.rx_dropped - rx0, port.tx_dropped - tx0)
         return out
 
+    def _maybe_dump_fdb(self) -> None:
+        """Dump the FDB (for explanations and flush counts) at most every
+        FDB_DUMP_EVERY seconds, and not at all once it has grown past
+        FDB_DUMP_MAX entries: a random-MAC flood makes a netlink dump of the
+        whole table cost seconds, and the per-packet counters do not need it."""
+        now = time.monotonic()
+        if self._fdb_at is not None and now - self._fdb_at < FDB_DUMP_EVERY:
+            return
+        # The FDB hook counts every entry learned or moved: a cheap upper bound
+        # on the table's growth, read before paying for a dump.
+        learned = sum(self.session.fdb_learned(sorted(self.slots.owner)).values())
+        if len(self.fdb_now) > FDB_DUMP_MAX or learned > FDB_DUMP_MAX:
+            self.fdb_skipped = True
+            return
+        self.fdb_now = self.topo.fdb(self.bridge)
+        self._fdb_at = now
+
     def slot_name(self, slot: int) -> str:
         ifindex = self.slots.owner.get(slot)
         return self.names.get(ifindex, f"slot {slot}") if ifindex is not None else f"slot {slot}"
@@ -125,28 +179,32 @@ class BridgeRun:
         """Follow ports joining or leaving; BridgeGone if the bridge vanished.
         Returns the port events (topology.port_changes) since the last look."""
         before, fdb_before = self.bridge, self.fdb_now
-        try:
-            self.bridge = self.topo.bridge(self.cfg.bridge)
-        except UsageError as exc:
-            raise BridgeGone(f"bridge {self.cfg.bridge} disappeared during the run ({exc.message})",
-                             "the summary above covers the run until then") from exc
-        self._apply_watch()
+        with signals_deferred():
+            try:
+                self.bridge = self.topo.bridge(self.cfg.bridge)
+            except UsageError as exc:
+                raise BridgeGone(f"bridge {self.cfg.bridge} disappeared during the run ({exc.message})",
+                                 "the summary above covers the run until then") from exc
+            self._apply_watch()
         return port_changes(before, self.bridge, fdb_before, self.fdb_now)
 
     def fdb(self) -> list:
-        """The FDB as of the last refresh (read once per interval)."""
+        """The FDB as of the last dump (see _maybe_dump_fdb)."""
         return self.fdb_now
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-        if self.topo is not None:
-            self.topo.close()
-            self.topo = None
+        """Detach everything; a second Ctrl-C meanwhile waits until it is done
+        (it is raised as Stopped afterwards, outside any netlink exchange)."""
+        with signals_deferred():
+            if self.session is not None:
+                self.session.close()
+                self.session = None
+            if self.topo is not None:
+                self.topo.close()
+                self.topo = None
 
     def __enter__(self):
         try:

@@ -74,3 +74,46 @@ def test_sigkill_leaves_nothing_and_restart_works(lab, tracer_factory):
     send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 7)
     t2.stop()
     assert t2.count(reason="MAC_INVALID_SOURCE") == 7
+
+
+_RANDOM_SOURCES = r"""
+import os, socket, sys
+ifname, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+for i in range(count):
+    src = bytes([0x02]) + os.urandom(5)          # locally administered unicast
+    tpa = os.urandom(4)
+    arp = (b"\xff" * 6 + src + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + src
+           + b"\x0a\x4d\x00\x01" + b"\x00" * 6 + tpa)
+    s.send(arp.ljust(60, b"\x00"))
+print(count)
+"""
+
+
+def test_hostile_flood_of_random_macs_and_arp_targets_stays_bounded(lab, tracer_factory):
+    """20,000 random source MACs asking for 20,000 random IPs: the kernel maps
+    are LRU-bounded, Python's per-MAC state too, and the summary says it capped."""
+    from tracer.lab import CHILD_PYTHON, ns_argv, run
+    h1 = lab.host(1)
+    t = tracer_factory("neigh", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--interval", "1",
+                       "--duration", "300")
+    rss_before = _rss_kb(t.proc.pid)
+    N = 20_000
+    out = run(ns_argv(h1.netns, [CHILD_PYTHON, "-c", _RANDOM_SOURCES, h1.ifname, str(N)]), timeout=120)
+    assert int(out.stdout) == N
+    time.sleep(2.5)                     # two refreshes read the full tables
+    rss_after = _rss_kb(t.proc.pid)
+    t.stop()
+    stats = t.kind("summary")[0]["stats"]
+    assert {"fdb_macs", "arp_targets"} <= set(stats["capped"]), stats
+    assert stats["tracked"]["fdb_macs"] <= 16384 and stats["tracked"]["arp_targets"] <= 4096
+    arp = {r["port"]: r for r in t.kind("arp")}
+    assert arp[h1.port]["requests"] == N          # counters stay exact while tables cap
+    assert len(arp[h1.port]["unanswered"]) <= 5   # top-N only
+    assert rss_after - rss_before < 100_000, (rss_before, rss_after)   # KiB
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
