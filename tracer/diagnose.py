@@ -34,11 +34,15 @@ class Finding:
     # Still happening: its counters moved during the last interval. Findings
     # are kept for the whole run; `active` is what an alert should follow.
     active: bool = True
+    identities: dict = field(default_factory=dict)   # port -> "vm web01", "vpn tincd"
+
+    def shown_ports(self) -> list:
+        return [f"{p} ({self.identities[p]})" if self.identities.get(p) else p for p in self.ports]
 
     def record(self) -> dict:
         return {"kind": "finding", "type": self.type, "bridge": self.bridge, "ports": self.ports,
-                "severity": self.severity, "active": self.active, "message": self.message,
-                "hint": self.hint, "evidence": self.evidence}
+                "identities": self.identities, "severity": self.severity, "active": self.active,
+                "message": self.message, "hint": self.hint, "evidence": self.evidence}
 
 
 @dataclass

@@ -437,6 +437,9 @@ TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454ca, 0x0002, 0x1000
 def stop(signum, frame):
     raise SystemExit(0)
 signal.signal(signal.SIGTERM, stop)
+if len(sys.argv) > 5:   # look like a VPN daemon to /proc/PID/comm (PR_SET_NAME)
+    import ctypes
+    ctypes.CDLL(None).prctl(15, sys.argv[5].encode(), 0, 0, 0)
 fd = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
 print("ready", flush=True)
@@ -592,7 +595,7 @@ class Lab:
     # ---- faults and knobs -----------------------------------------------
     def add_tap(self, name: str, reader: str = "none", hold: float = 120.0,
                 txqueuelen: Optional[int] = None, max_frames: int = 100000,
-                delay: float = 0.0) -> TapPort:
+                delay: float = 0.0, comm: Optional[str] = None) -> TapPort:
         """Add tap NAME to the bridge.  reader="none": nobody opens it (NO-CARRIER,
         the bridge treats the port as disabled).  reader="stalled": a child of
         ours attaches and never reads, so frames pile up in the tap's ring and
@@ -603,8 +606,9 @@ class Lab:
         already learned elsewhere (or owns: then the kernel logs "received
         packet on NAME with own address as source address").  The reflector
         stops after `max_frames` frames or `hold` seconds, whichever first;
-        stop_tap_reader() returns how many it reflected.  Any child exits
-        after `hold` seconds or on cleanup.
+        stop_tap_reader() returns how many it reflected.  `comm` renames the
+        reflector's process (e.g. "tincd"), as a VPN daemon would be seen in
+        /proc.  Any child exits after `hold` seconds or on cleanup.
         """
         if reader not in ("none", "stalled", "reflect"):
             raise ValueError("reader must be 'none', 'stalled' or 'reflect'")
@@ -621,7 +625,7 @@ class Lab:
             tap.proc = self._start_tap_child(name, _STALLED_READER, [repr(hold)])
         elif reader == "reflect":
             tap.proc = self._start_tap_child(name, _REFLECTOR, [repr(hold), str(max_frames),
-                                                                repr(delay)])
+                                                                repr(delay)] + ([comm] if comm else []))
         return tap
 
     def _start_stalled_reader(self, name: str, hold: float) -> subprocess.Popen:

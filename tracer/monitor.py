@@ -56,7 +56,8 @@ class Monitor:
 
     def note_port_events(self, events: list, emit=None) -> None:
         for ev in events:
-            ev = {**ev, "at_s": round(self.run.elapsed(), 3)}
+            ev = {**ev, "identity": self.run.labels.get(ev["port"], ""),
+                  "at_s": round(self.run.elapsed(), 3)}
             self.port_events.append(ev)
             if emit:
                 emit(ev)
@@ -117,8 +118,11 @@ class Monitor:
     def findings(self, rows=None) -> list:
         run = self.run
         ns = f"ip netns exec {run.netns.name} " if run.netns.name else ""
-        return diagnose(Inputs(bridge=run.bridge, state=self.bridge_state, seconds=run.elapsed(),
-                               drop_rows=self.rows() if rows is None else rows, ns_prefix=ns))
+        found = diagnose(Inputs(bridge=run.bridge, state=self.bridge_state, seconds=run.elapsed(),
+                                drop_rows=self.rows() if rows is None else rows, ns_prefix=ns))
+        for f in found:
+            f.identities = {p: run.labels[p] for p in f.ports if run.labels.get(p)}
+        return found
 
     def stats(self) -> dict:
         """The kernel's self-counters, plus what was capped: bounded tables

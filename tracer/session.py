@@ -16,6 +16,7 @@ from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, UsageError
 from tracer.loader import Program, Session, kernel_defines
+from tracer.identity import identify
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable
 from tracer.topology import Topology, port_changes, resolve_netns
@@ -98,6 +99,8 @@ class BridgeRun:
         self.own_macs: set = set()
         self.fdb_now: list = []
         self.fdb_skipped = False       # the FDB grew too large to dump
+        self.labels: dict = {}         # port name -> "vm web01", "vpn tincd", ...
+        self._identity_shape: set = set()
         self._fdb_at: float | None = None
         self.started = time.monotonic()
 
@@ -137,6 +140,12 @@ class BridgeRun:
         self.names[self.bridge.ifindex] = self.bridge.name
         for i, p in self.bridge.ports.items():
             self.names[i] = p.name
+        # Who is behind each port: looked up again only when the ports, or a
+        # tap's state (a reader came or went), change.
+        shape = {(p.ifindex, p.name, p.kind, p.operstate) for p in self.bridge.ports.values()}
+        if shape != self._identity_shape:
+            self.labels.update(identify(self.bridge.ports.values()))
+            self._identity_shape = shape
         self._maybe_dump_fdb()
         # The bridge's own addresses: its MAC and its ports' (the kernel's local
         # FDB entries, br_fdb_add_local()), plus any other local entry dumped.
@@ -170,6 +179,10 @@ class BridgeRun:
             return
         self.fdb_now = self.topo.fdb(self.bridge)
         self._fdb_at = now
+
+    def shown(self, port: str) -> str:
+        """`vnet3 (vm web01)`, or the bare name when nothing is known."""
+        return f"{port} ({self.labels[port]})" if self.labels.get(port) else port
 
     def slot_name(self, slot: int) -> str:
         ifindex = self.slots.owner.get(slot)

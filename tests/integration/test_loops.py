@@ -29,7 +29,7 @@ def test_reflecting_vpn_tap(lab, tracer_factory):
     back (own-address echo), the VM's MAC flaps to t3o, frames for the VM are
     sent to t3o and suppressed there. brtrace names t3o and no other port."""
     vm, gw = lab.host(1), lab.host(2)
-    tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=10000)
+    tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=10000, comm="tincd")
     t = tracer_factory(*loops_cmd(lab))
     E, K, U = 12, 15, 9
     # The bridge itself broadcasts (as br-int's own ARP would): each comes back on t3o.
@@ -65,6 +65,9 @@ def test_reflecting_vpn_tap(lab, tracer_factory):
     homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
     assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
     assert ports(t)[tap.name]["echoes"] == E
+    # Who is behind the tap: the process holding it open, as a VPN daemon.
+    assert echo[0]["identities"] == {tap.name: "vpn tincd"}
+    assert {p["port"]: p["identity"] for p in t.kind("port")}[tap.name] == "vpn tincd"
     assert ports(t)[gw.port]["echoes"] == 0 and ports(t)[vm.port]["returns"] == 0
 
 

@@ -56,7 +56,7 @@ def findings_lines(findings: list, width: int = 80) -> list[str]:
     """Findings as wrapped text: severity, type and ports, then message and hint."""
     out = ["", "findings:"]
     for f in findings:
-        head = f"{f.severity.upper()} {f.type} on {', '.join(f.ports)}: "
+        head = f"{f.severity.upper()} {f.type} on {', '.join(f.shown_ports())}: "
         out.extend(textwrap.wrap(head + f.message, width=width, subsequent_indent="    "))
         out.extend(textwrap.wrap("try: " + f.hint, width=width, initial_indent="    ",
                                  subsequent_indent="    "))

@@ -21,7 +21,8 @@ def port_records(run, monitor, rows) -> list:
     """Drop rows, then one record per port with its counters."""
     st = monitor.bridge_state
     return [r.record() for r in rows] + [
-        {"kind": "port", "bridge": run.bridge.name, "port": port, "counters": dict(st.totals[port])}
+        {"kind": "port", "bridge": run.bridge.name, "port": port,
+         "identity": run.labels.get(port, ""), "counters": dict(st.totals[port])}
         for port in sorted(st.totals)]
 
 
