@@ -30,9 +30,6 @@
 #define TF_VLAN_TAG 1      /* vlan_tci holds an accelerated tag (not in frame[]) */
 #define TF_PENDING 2       /* recorded late: held back until a later step matched the port filter */
 
-/* Frames followed across steps when a filter is set (skb address -> time). */
-#define TRACE_FOLLOW_MAX 4096
-
 struct trace_event {
 	__u8 kind;         /* EVENT_TRACE */
 	__u8 step;         /* STEP_* */

@@ -24,7 +24,8 @@ def read_defines(path: Path = HEADER) -> dict[str, int]:
     return out
 
 
-CONST = read_defines()
+# brtrace.h is the ABI; trace.h adds the trace view's record kind (EVENT_TRACE).
+CONST = {**read_defines(), **read_defines(BPF_DIR / "trace.h")}
 FRAME_BYTES = CONST["FRAME_BYTES"]
 
 

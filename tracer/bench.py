@@ -41,12 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tracer import lab as labmod
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, LabError, arp_request, ether
+from tracer.lab import ETH_P_LAB, Lab, LabError, arp_request, ether
 
 PREFIX = "brtb"
 REPO = Path(__file__).resolve().parents[1]
@@ -71,20 +71,29 @@ class ViewSpec:
     """How to run one brtrace view under the bench.
 
     floor_tracepoints is used when the view's JSON summary does not say which
-    raw tracepoints it attached (its `probes`); json=False for views without
-    `-o json` (they then have no summary: events lost is unknown)."""
+    raw tracepoints it attached (its `probes`).  json=False for views without
+    `-o json` (no summary); metrics=True for views serving Prometheus metrics
+    on the loopback address in extra_args ("{port}": a free port), which then
+    give events lost instead of the summary."""
     name: str
     floor_tracepoints: tuple
     extra_args: tuple = ()
     json: bool = True
+    metrics: bool = False
 
+
+_FORWARD_TPS = ("kfree_skb", "br_fdb_update", "netif_receive_skb", "net_dev_queue")
+_NEIGH_TPS = ("neigh_update_done", "neigh_timer_handler", "neigh_event_send_done",
+              "neigh_event_send_dead")
 
 VIEWS: Dict[str, ViewSpec] = {
     "drops": ViewSpec("drops", ("kfree_skb", "br_fdb_update")),
-    "loops": ViewSpec("loops", ("kfree_skb", "br_fdb_update", "netif_receive_skb", "net_dev_queue")),
-    # Not in brtrace yet; run when `brtrace top/export --help` works.
-    "top": ViewSpec("top", ("netif_receive_skb", "net_dev_queue")),
-    "export": ViewSpec("export", ("kfree_skb", "br_fdb_update", "netif_receive_skb", "net_dev_queue")),
+    "loops": ViewSpec("loops", _FORWARD_TPS),
+    # Run only where this brtrace has them (`brtrace VIEW --help` works).
+    "top": ViewSpec("top", _FORWARD_TPS),
+    "neigh": ViewSpec("neigh", _FORWARD_TPS + _NEIGH_TPS),
+    "export": ViewSpec("export", _FORWARD_TPS + _NEIGH_TPS, ("--listen", "127.0.0.1:{port}"),
+                       json=False, metrics=True),
 }
 
 WORKLOADS = ("unicast", "broadcast")
@@ -309,9 +318,10 @@ def render_table(results: Sequence[dict], bpf_stats: bool = False) -> List[str]:
 def legend(results: Sequence[dict]) -> List[str]:
     return [
         "ratio: traced / untraced delivered pps (untraced: the windows just before and after each",
-        "  traced one; 1.0 = free); floor ratio: the same for a BPF",
-        "  program that only counts, on the tracepoints the view uses; cv%: spread of the",
-        "  untraced windows; cpu%: brtrace's own CPU (user+sys) as % of one core, in the window;",
+        "  traced one; 1.0 = free); floor ratio: the same for a BPF program that only counts, on",
+        "  the tracepoints the view uses; cv%: spread of all untraced windows of the workload;",
+        "  cpu%: brtrace's own CPU (user+sys) as % of one core, in the window (its BPF programs",
+        "  run in softirq context and are billed to the senders, see --bpf-stats);",
         "  rss: peak (VmHWM); maps: memlock bytes of its BPF maps; lost/limited: events the summary",
         "  says were lost (ring full) / rate-limited; ready: start to attached (compile + load);",
         "  hooks/pkt: tracepoint hits per frame sent (counted by the floor); busy: windows of the row",
@@ -641,7 +651,7 @@ int main(int argc, char **argv)
 }
 """
 
-# The fallback when there is no C compiler: same arguments, same output, ~5x slower.
+# The fallback when there is no C compiler: same arguments, same output, slower.
 SENDER_PY = r"""
 import errno, signal, socket, sys, time
 ifname, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -690,7 +700,7 @@ class Senders:
             else:
                 self.note = "gcc failed (%s); Python senders instead" % proc.stderr.decode()[:200]
         elif prefer_c:
-            self.note = "no C compiler: Python senders (about 5x slower; install gcc for real numbers)"
+            self.note = "no C compiler: Python senders (slower: unicast may be sender-bound; install gcc)"
 
     def argv(self, netns: str, ifname: str, frames: Frames, count: int, seconds: float) -> List[str]:
         args = [ifname, str(count), "%.3f" % seconds, frames.template.hex(), str(frames.offset),
@@ -736,6 +746,38 @@ def last_summary(text: str) -> Optional[dict]:
         if rec.get("kind") in ("summary", "floor"):
             found = rec
     return found
+
+
+def parse_metrics(text: str) -> Dict[str, float]:
+    """Prometheus text exposition -> {metric name: sum over its label sets}."""
+    out: Dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0].strip()
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def scrape(url: str, timeout: float = 5.0) -> Optional[Dict[str, float]]:
+    """GET a metrics page we serve ourselves on loopback; None if it fails."""
+    import urllib.request  # noqa: PLC0415
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return parse_metrics(resp.read().decode(errors="replace"))
+    except OSError:
+        return None
+
+
+def free_loopback_port() -> int:
+    import socket  # noqa: PLC0415
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def summary_tracepoints(summary: Optional[dict]) -> Optional[tuple]:
@@ -847,6 +889,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="brtb-"))
         self.bpf_stats_fd: Optional[int] = None
         self.seq = 0
+        self.port = 0                # loopback port of a metrics-serving view
 
     # ---- set-up ------------------------------------------------------------
     def build(self) -> None:
@@ -959,7 +1002,8 @@ class Bench:
         what = rec["config"] or "untraced"
         cpu = "" if rec["tracer_cpu_s"] is None else "  tracer cpu %.1f%%" % (
             100 * rec["tracer_cpu_s"] / rec["seconds"])
-        foreign = "  foreign BPF: " + ",".join(rec["foreign_progs"]) if rec.get("foreign_progs") else ""
+        foreign = (f"  +{len(rec['foreign_progs'])} foreign tracing BPF progs"
+                   if rec.get("foreign_progs") else "")
         print(f"bench: r{rec['round'] + 1} {rec['workload']:<9} {what:<13} {rec['pps'] / 1e3:8.0f} kpps"
               f"{cpu}  (other procs {rec['other_cpu_pct']:.0f}% cpu){foreign}", file=sys.stderr, flush=True)
 
@@ -974,7 +1018,8 @@ class Bench:
                 "--interval", str(self.args.interval), "--duration", hold]
         if spec.json:
             argv += ["-o", "json"]
-        return argv + list(spec.extra_args)
+        self.port = free_loopback_port()
+        return argv + [a.replace("{port}", str(self.port)) for a in spec.extra_args]
 
     def traced(self, rnd: int, workload: str, config: str, floor_tps: Optional[tuple] = None) -> Optional[dict]:
         block = {"round": rnd, "workload": workload, "config": config}
@@ -993,6 +1038,13 @@ class Bench:
                 block["map_bytes_bpftool"] = map_bytes_bpftool([p["id"] for p in objs["progs"]])
             self.window(rnd, workload, config)
             block["vmhwm_kb"] = vmhwm_kb(self.tracer.pid)
+            spec = VIEWS.get(config)
+            if spec is not None and spec.metrics:
+                time.sleep(self.args.interval)   # let one refresh carry the window's stats
+                metrics = scrape(f"http://127.0.0.1:{self.port}/metrics")
+                if metrics is not None:
+                    block["events_lost"] = int(metrics.get("brtrace_events_lost_total", 0))
+                    block["events_rate_limited"] = int(metrics.get("brtrace_events_rate_limited_total", 0))
             if self.tracer.start_cpu_s is not None:
                 block["start_cpu_s"] = round(self.tracer.start_cpu_s, 2)
         except LabError as exc:
@@ -1002,9 +1054,9 @@ class Bench:
             summary = self.tracer.stop()
             self.tracer = None
         stats = (summary or {}).get("stats") or {}
-        block["events_lost"] = stats.get("events_lost")
-        block["events_rate_limited"] = stats.get("events_rate_limited")
-        block["events_sent"] = stats.get("events_sent")
+        for key in ("events_lost", "events_rate_limited", "events_sent"):
+            if stats.get(key) is not None or key not in block:
+                block[key] = stats.get(key)
         if summary and summary.get("kind") == "floor":
             hits = summary.get("hits", {})
             block["floor_hits"] = hits
@@ -1015,7 +1067,7 @@ class Bench:
                 win["floor_hits_by_tp"] = hits
         elif summary:
             block["probes"] = summary.get("probes")
-        elif "error" not in block and VIEWS.get(config, ViewSpec("", ())).json:
+        elif "error" not in block and (config.startswith("floor:") or VIEWS[config].json):
             block["error"] = "no JSON summary on exit"
         self.blocks.append(block)
         return summary

@@ -146,6 +146,40 @@ def export(bridges, netns, listen, interval, duration, ready_file):
 
 
 @cli.command()
+@bridge_options
+@click.option("--count", "-c", type=click.IntRange(min=1), default=None,
+              help="Stop after this many complete journeys.")
+@click.option("--snaplen", "-s", type=click.IntRange(0, 128), default=96, show_default=True,
+              help="Bytes of each frame kept per step (pcapng and decoding).")
+@click.option("--pcap", "-w", "pcap_path", metavar="FILE", default=None,
+              help="Also write every step to this pcapng file (one interface per port, a comment per packet).")
+@click.option("--mac", metavar="MAC", default=None, help="Only frames from or to this MAC.")
+@click.option("--ip", metavar="IPV4", default=None,
+              help="Only frames from or to this IPv4 address (ARP sender/target included).")
+@click.option("--arp", is_flag=True, default=False, help="Only ARP frames.")
+@click.option("--vlan", type=click.IntRange(1, 4094), default=None, help="Only frames of this VLAN.")
+@click.option("--proto", metavar="ETHERTYPE", default=None, help="Only this ethertype: arp, ipv4, ipv6, 0x88b5, ...")
+@click.option("--port", metavar="PORT", default=None,
+              help="Only frames entering or leaving by this port (or the bridge itself).")
+@click.option("--rate", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps recorded per second and CPU; beyond it they are counted, not recorded.")
+def trace(count, snaplen, pcap_path, mac, ip, arp, vlan, proto, port, rate, **kw):
+    """Each frame's journey: entered port X, forwarded/flooded/delivered/suppressed/dropped, left via Y.
+
+    \b
+    Filters run in the kernel, before anything is recorded.
+    Examples:
+      brtrace trace --bridge br-int --mac 52:54:00:12:34:56 --count 10
+      brtrace trace -b br-int --arp --ip 10.0.0.5 -w arp.pcapng
+      brtrace trace -b br-int --port vnet3 -d 30 -o json
+    """
+    from tracer.views.trace import Filters, parse_proto, run_trace
+    filters = Filters(mac=mac, ip=ip, arp=arp, vlan=vlan, proto=parse_proto(proto) if proto else None,
+                      port=port)
+    sys.exit(run_trace(_config(kw), filters, count, snaplen, pcap_path, rate=rate))
+
+
+@cli.command()
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
 def doctor(output):
     """What this kernel offers and which probe each hook uses.

@@ -62,6 +62,15 @@ GROUPS = {
         ("ARG_NEIGH_SEND_DONE", "neigh_event_send_done", "struct neighbour *"),
         ("ARG_NEIGH_SEND_DEAD", "neigh_event_send_dead", "struct neighbour *"),
     )),
+    "trace.bpf.c": ((
+        ("SKB_VLAN_PROTO_OFF", "sk_buff", "vlan_proto"),
+    ), (
+        ("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
+        ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *"),
+        ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
+        ("ARG_LOCATION", "kfree_skb", "void *"),
+        ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
+    )),
     "fdb.bpf.c": ((
         ("BR_DEV_OFF", "net_bridge", "dev"),
         ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),

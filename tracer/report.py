@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.aggregate import DropGroup
 from tracer.decode import proto_name
 from tracer.explain import DropContext, explain, same_port_mac, stage_of
 

@@ -23,7 +23,7 @@ from tracer.topology import Topology, port_changes, resolve_netns
 
 
 HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bpf.c": "forward",
-                  "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh"}
+                  "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh", "trace.bpf.c": "drops"}
 
 
 FDB_DUMP_EVERY = 2.0     # seconds between FDB dumps

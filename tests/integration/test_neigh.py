@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tracer.lab import ETH_P_ARP, arp_request, ether, ping, send_frames
+from tracer.lab import arp_request, ping, send_frames
 
 pytestmark = pytest.mark.integration
 

@@ -269,3 +269,24 @@ def test_bpf_objects_from_fdinfo():
     objs = bench.bpf_objects_from_fdinfo([prog, link, mp, mp, "pos:\t0\nflags:\t02\n"])
     assert objs["progs"] == [{"id": 7, "run_time_ns": 1071, "run_cnt": 3}]   # the link does not reset it
     assert objs["maps"] == [{"id": 5, "type": 6, "memlock": 360}]
+
+
+def test_parse_metrics_sums_label_sets():
+    text = "\n".join([
+        "# HELP brtrace_events_lost_total Sampled records the ring buffer had no room for.",
+        "# TYPE brtrace_events_lost_total counter",
+        'brtrace_events_lost_total{bridge="br-int"} 3.0',
+        'brtrace_events_lost_total{bridge="br-ext"} 4.0',
+        'brtrace_events_rate_limited_total{bridge="br-int"} 12.0',
+        "garbage line",
+    ])
+    m = bench.parse_metrics(text)
+    assert m["brtrace_events_lost_total"] == 7
+    assert m["brtrace_events_rate_limited_total"] == 12
+
+
+def test_metrics_view_gets_a_port_placeholder():
+    spec = bench.VIEWS["export"]
+    assert spec.metrics and not spec.json
+    assert any("{port}" in a for a in spec.extra_args)
+    assert all("127.0.0.1" in a for a in spec.extra_args if "{port}" in a)   # loopback only

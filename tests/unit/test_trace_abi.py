@@ -1,0 +1,62 @@
+"""The ctypes mirror in tracer/trace_abi.py must agree with bpf/trace.h byte for byte."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tracer import abi, trace_abi
+
+
+def _c_layout(tmp_path):
+    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include <linux/types.h>',
+             f'#include "{trace_abi.HEADER}"', "int main(void) {"]
+    for cname, cls in trace_abi.STRUCTS.items():
+        lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
+        for field, _t in cls._fields_:
+            lines.append(f'printf("{cname} {field} %zu\\n", offsetof(struct {cname}, {field}));')
+    lines.append("return 0; }")
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines))
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {tuple(line.split()[:2]): int(line.split()[2]) for line in out.splitlines()}
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
+def test_trace_struct_layout_matches_header(tmp_path):
+    c = _c_layout(tmp_path)
+    for cname, cls in trace_abi.STRUCTS.items():
+        assert c[(cname, "size")] == trace_abi.ctypes.sizeof(cls), cname
+        for field, _t in cls._fields_:
+            assert c[(cname, field)] == getattr(cls, field).offset, (cname, field)
+    # The ring carries the header plus SNAPLEN bytes: keep the header 8-aligned.
+    assert trace_abi.HEADER_SIZE % 8 == 0
+
+
+def test_trace_kind_fits_the_shared_rate_limiter_and_stats():
+    kind = trace_abi.EVENT_TRACE
+    others = {v for k, v in abi.read_defines().items() if k.startswith("EVENT_")}
+    assert kind not in others, "EVENT_TRACE collides with a brtrace.h record kind"
+    assert abi.CONST["EVENT_TRACE"] == kind   # abi reads trace.h too
+    assert kind < 8                        # rate_state has 8 windows (common.bpf.h)
+    assert abi.CONST["STAT_KIND_BASE"] + kind * 3 + 2 < abi.CONST["STAT_SLOTS"]
+    assert trace_abi.SNAP_MAX <= 255       # cap_len is a __u8
+
+
+def test_parse_short_record_with_snaplen_bytes():
+    ev = trace_abi.TraceEvent()
+    ev.kind, ev.step, ev.cap_len, ev.ifindex, ev.wire_len = trace_abi.EVENT_TRACE, 3, 20, 7, 60
+    ev.ts_ns, ev.skb, ev.head = 123, 0xffff888001, 0xffff888002
+    raw = bytes(ev)[:trace_abi.HEADER_SIZE] + bytes(range(20))
+    rec = trace_abi.parse_trace_event(raw)
+    assert rec["step"] == "left" and rec["ifindex"] == 7 and rec["frame"] == bytes(range(20))
+    assert rec["skb"] == 0xffff888001 and rec["vlan_tci"] is None
+    with pytest.raises(ValueError):
+        trace_abi.parse_trace_event(raw[:10])
+
+
+def test_filter_values_match_the_kernel_byte_order():
+    assert trace_abi.mac_filter("02:b7:00:00:00:01") == int.from_bytes(bytes([2, 0xb7, 0, 0, 0, 1]), "little")
+    assert trace_abi.ip_filter("10.77.0.1") == int.from_bytes(bytes([10, 77, 0, 1]), "little")
