@@ -163,12 +163,14 @@ def netns_name(inode: int) -> str:
 TOPOLOGY_POLL = 0.2
 
 
-def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on_event=None):
-    """Run until the duration ends or a signal arrives. Returns a BridgeGone
-    error if the bridge vanished (the caller prints the summary first).
-    Link changes (netlink) trigger a topology refresh within TOPOLOGY_POLL s;
-    counters are folded every cfg.interval. `emit` gets sampled drops,
-    `on_event` port events (both optional)."""
+def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on_event=None,
+          on_poll=None, poll_cap: float = TOPOLOGY_POLL):
+    """Run until the duration ends, a signal arrives or `on_poll()` returns
+    False. Returns a BridgeGone error if the bridge vanished (the caller prints
+    the summary first). Link changes (netlink) trigger a topology refresh
+    within `poll_cap` s; counters are folded every cfg.interval. `emit` gets
+    sampled drops, `on_event` port events, `on_poll` is called after every
+    poll of the ring buffer (the live view reads its keyboard there)."""
     deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
     next_tick = time.monotonic() + cfg.interval
     try:
@@ -176,13 +178,18 @@ def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            wait = min(next_tick, deadline or next_tick, now + TOPOLOGY_POLL) - now
+            wait = min(next_tick, deadline or next_tick, now + poll_cap) - now
             run.session.poll(max(1, int(wait * 1000)))
             monitor.drain(emit)
+            if on_poll is not None and on_poll() is False:
+                return None
             if run.topo.links_changed():
                 monitor.note_port_events(run.refresh(), on_event)
-            if time.monotonic() >= next_tick:
-                next_tick += cfg.interval
+            now = time.monotonic()
+            if now >= next_tick:
+                # Never queue up missed ticks after a slow one (a long FDB
+                # dump, a suspended terminal): the next one is an interval on.
+                next_tick = max(next_tick + cfg.interval, now + cfg.interval / 2)
                 monitor.note_port_events(run.refresh(), on_event)
                 monitor.tick()
                 if on_interval:

@@ -5,14 +5,18 @@ import subprocess
 
 import pytest
 
-from tracer import abi
+from tracer import abi, trace_abi
 
 
-def _c_layout(tmp_path):
+# Each C header of the ABI with its ctypes mirror.
+MIRRORS = [(abi.HEADER, abi.STRUCTS), (trace_abi.HEADER, trace_abi.STRUCTS)]
+
+
+def _c_layout(tmp_path, header, structs):
     """Compile a probe against the real header and print sizeof/offsetof."""
     lines = ['#include <stddef.h>', '#include <stdio.h>', '#include <linux/types.h>',
-             f'#include "{abi.HEADER}"', "int main(void) {"]
-    for cname, cls in abi.STRUCTS.items():
+             f'#include "{header}"', "int main(void) {"]
+    for cname, cls in structs.items():
         lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
         for field, _t in cls._fields_:
             lines.append(f'printf("{cname} {field} %zu\\n", offsetof(struct {cname}, {field}));')
@@ -26,9 +30,10 @@ def _c_layout(tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
-def test_struct_layouts_match_header(tmp_path):
-    c = _c_layout(tmp_path)
-    for cname, cls in abi.STRUCTS.items():
+@pytest.mark.parametrize("header, structs", MIRRORS, ids=["brtrace.h", "trace.h"])
+def test_struct_layouts_match_header(tmp_path, header, structs):
+    c = _c_layout(tmp_path, header, structs)
+    for cname, cls in structs.items():
         assert c[(cname, "size")] == abi.ctypes.sizeof(cls), cname
         for field, _t in cls._fields_:
             assert c[(cname, field)] == getattr(cls, field).offset, (cname, field)

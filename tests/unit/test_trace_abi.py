@@ -1,37 +1,13 @@
 """The ctypes mirror in tracer/trace_abi.py must agree with bpf/trace.h byte for byte."""
 
-import shutil
-import subprocess
-
 import pytest
 
 from tracer import abi, trace_abi
 
 
-def _c_layout(tmp_path):
-    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include <linux/types.h>',
-             f'#include "{trace_abi.HEADER}"', "int main(void) {"]
-    for cname, cls in trace_abi.STRUCTS.items():
-        lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
-        for field, _t in cls._fields_:
-            lines.append(f'printf("{cname} {field} %zu\\n", offsetof(struct {cname}, {field}));')
-    lines.append("return 0; }")
-    src = tmp_path / "layout.c"
-    src.write_text("\n".join(lines))
-    exe = tmp_path / "layout"
-    subprocess.run(["cc", "-o", str(exe), str(src)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
-    return {tuple(line.split()[:2]): int(line.split()[2]) for line in out.splitlines()}
-
-
-@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
-def test_trace_struct_layout_matches_header(tmp_path):
-    c = _c_layout(tmp_path)
-    for cname, cls in trace_abi.STRUCTS.items():
-        assert c[(cname, "size")] == trace_abi.ctypes.sizeof(cls), cname
-        for field, _t in cls._fields_:
-            assert c[(cname, field)] == getattr(cls, field).offset, (cname, field)
-    # The ring carries the header plus SNAPLEN bytes: keep the header 8-aligned.
+def test_trace_record_header_is_8_aligned():
+    """The ring carries the header plus SNAPLEN bytes: keep the header 8-aligned.
+    (Sizes and offsets against bpf/trace.h: tests/unit/test_abi.py.)"""
     assert trace_abi.HEADER_SIZE % 8 == 0
 
 

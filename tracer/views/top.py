@@ -19,8 +19,7 @@ import sys
 import time
 
 from tracer.config import Config
-from tracer.errors import BridgeGone
-from tracer.monitor import Monitor
+from tracer.monitor import Monitor, drive
 from tracer.output.top import TopState, apply_key, build_state, cut, line_style, plain, render, with_data
 from tracer.session import BridgeRun, Stopped, stop_on_signals
 from tracer.views.base import View, run_view, warn_run
@@ -126,42 +125,35 @@ class _Screen:
 
 def _loop(scr, cfg: Config, run: BridgeRun, monitor: Monitor):
     """Until q, the duration, a signal (Stopped) or a vanished bridge (the
-    BridgeGone is returned)."""
+    BridgeGone is returned). monitor.drive() runs the loop; this only reads
+    the keyboard after each poll and redraws."""
     screen = _Screen(scr)
-    view = top_state(monitor)
-    screen.draw(view)
-    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
-    next_tick = time.monotonic() + cfg.interval
-    try:
-        while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return None
-            wait = min(next_tick, deadline or next_tick) - now
-            run.session.poll(max(1, min(KEY_POLL_MS, int(wait * 1000))))
-            monitor.drain()
-            dirty = False
-            for key in screen.keys():
-                if key == "resize":
-                    scr.clear()
-                    dirty = True
-                    continue
-                view = apply_key(view, key)
-                if view is None:
-                    return None
+    live = {"view": top_state(monitor)}
+    screen.draw(live["view"])
+
+    def on_poll():
+        dirty = False
+        for key in screen.keys():
+            if key == "resize":
+                scr.clear()
                 dirty = True
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = max(next_tick + cfg.interval, now + cfg.interval / 2)
-                run.refresh()
-                monitor.tick()      # also while paused: rates stay per interval
-                if not view.paused:
-                    view = with_data(view, top_state(monitor))
-                    dirty = True
-            if dirty:
-                screen.draw(view)
-    except BridgeGone as exc:
-        return exc
+                continue
+            live["view"] = apply_key(live["view"], key)
+            if live["view"] is None:
+                return False
+            dirty = True
+        if dirty:
+            screen.draw(live["view"])
+        return True
+
+    def on_interval():
+        # The kernel maps are folded every interval, paused or not, so rates
+        # stay per interval; a paused screen just keeps its numbers.
+        if not live["view"].paused:
+            live["view"] = with_data(live["view"], top_state(monitor))
+            screen.draw(live["view"])
+
+    return drive(cfg, run, monitor, on_interval, on_poll=on_poll, poll_cap=KEY_POLL_MS / 1000)
 
 
 def _run_curses(cfg: Config, out) -> int:
