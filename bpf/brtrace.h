@@ -47,9 +47,9 @@
 #define WATCH_SLOT_SHIFT 8
 #define MAX_PORTS 128
 
-/* Slots of a port's counters in `port_counters` (per-CPU array indexed by
- * slot * PORT_COUNTERS + counter). Monotonic, never cleared. Each *_BYTES
- * follows its *_PACKETS (forward.bpf.c relies on it). */
+/* A port's counters: index into struct port_ctrs (per CPU, one per slot).
+ * Monotonic, never cleared. Each *_BYTES follows its *_PACKETS
+ * (forward.bpf.c relies on it). */
 #define PC_RX_PACKETS 0
 #define PC_RX_BYTES 1
 #define PC_TX_PACKETS 2
@@ -90,6 +90,23 @@
 
 /* Size of the drop_counts hash: distinct (port, reason, location, ethertype). */
 #define DROP_KEYS_MAX 16384
+
+/* A watched device (the `watch` array, indexed by ifindex). Userspace sets
+ * `value` (WATCH_* | slot << WATCH_SLOT_SHIFT) and zeroes the rest; the BPF
+ * side caches the net_device pointer it verified to be in the watched
+ * namespace (`dev`), and the last one it found elsewhere (`other`: every
+ * container's eth0 has ifindex 2), so most packets skip the namespace check. */
+struct watch_entry {
+	__u32 value;
+	__u32 pad;
+	__u64 dev;
+	__u64 other;
+};
+
+/* One port's counters (PC_*), per CPU, in `port_counters` indexed by slot. */
+struct port_ctrs {
+	__u64 c[PORT_COUNTERS];
+};
 
 struct drop_key {
 	__u64 location;   /* kernel text address that freed the skb */

@@ -13,7 +13,7 @@
 #include "brtrace.h"
 
 /* The bridge and its ports, by ifindex; userspace keeps it current. */
-BPF_ARRAY(watch, __u32, WATCH_SLOTS);
+BPF_ARRAY(watch, struct watch_entry, WATCH_SLOTS);
 /* brtrace's own health counters (STAT_*), never cleared. */
 BPF_PERCPU_ARRAY(stats, __u64, STAT_SLOTS);
 
@@ -109,14 +109,24 @@ static __always_inline __u32 watched(const void *dev, __u32 *ifindex_out)
 	__u32 ifindex = read_u32(dev + DEV_IFINDEX_OFF);
 	if (ifindex >= WATCH_SLOTS)
 		return 0;
-	__u32 *value = watch.lookup(&ifindex);
-	if (!value || !*value)
+	struct watch_entry *e = watch.lookup(&ifindex);
+	if (!e || !e->value)
 		return 0;
-	const void *net = (const void *)read_u64(dev + DEV_ND_NET_OFF);
-	if (!net || read_u32(net + NET_NS_INUM_OFF) != NETNS_INUM)
-		return 0;
+	__u64 d = (__u64)dev;
+	if (e->dev != d) {
+		/* Not the device verified last time: check its namespace once and
+		 * remember the answer (races only cost a repeated check). */
+		if (e->other == d)
+			return 0;
+		const void *net = (const void *)read_u64(dev + DEV_ND_NET_OFF);
+		if (!net || read_u32(net + NET_NS_INUM_OFF) != NETNS_INUM) {
+			e->other = d;
+			return 0;
+		}
+		e->dev = d;
+	}
 	*ifindex_out = ifindex;
-	return *value;
+	return e->value;
 }
 
 static __always_inline __u32 watched_ifindex(const void *dev)
@@ -130,11 +140,30 @@ static __always_inline __u32 watched_ifindex(const void *dev)
  * frame's size from there (skb->len counts from data). */
 static __always_inline const void *frame_start(const void *skb, __u32 *wire_len)
 {
-	const void *head = (const void *)read_u64(skb + SKB_HEAD_OFF);
-	const void *data = (const void *)read_u64(skb + SKB_DATA_OFF);
-	__u16 mac = read_u16(skb + SKB_MAC_HEADER_OFF);
+	const void *head, *data;
+	__u16 mac;
+	__u32 len;
+#if SKB_SPAN_LEN <= 128
+	/* One read for len, mac_header, head and data (they sit within
+	 * SKB_SPAN_LEN bytes of each other in sk_buff): a helper call is the
+	 * main per-packet cost, not the bytes copied. */
+	__u8 span[SKB_SPAN_LEN];
+	if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_START) != 0) {
+		*wire_len = 0;
+		return NULL;
+	}
+	__builtin_memcpy(&head, span + (SKB_HEAD_OFF - SKB_SPAN_START), 8);
+	__builtin_memcpy(&data, span + (SKB_DATA_OFF - SKB_SPAN_START), 8);
+	__builtin_memcpy(&mac, span + (SKB_MAC_HEADER_OFF - SKB_SPAN_START), 2);
+	__builtin_memcpy(&len, span + (SKB_LEN_OFF - SKB_SPAN_START), 4);
+#else
+	head = (const void *)read_u64(skb + SKB_HEAD_OFF);
+	data = (const void *)read_u64(skb + SKB_DATA_OFF);
+	mac = read_u16(skb + SKB_MAC_HEADER_OFF);
+	len = read_u32(skb + SKB_LEN_OFF);
+#endif
 	const void *start = mac != 0xffff ? head + mac : data;
-	*wire_len = (__u32)((data - start) + read_u32(skb + SKB_LEN_OFF));
+	*wire_len = (__u32)((data - start) + len);
 	return start;
 }
 

@@ -22,7 +22,7 @@
  */
 #include "common.bpf.h"
 
-BPF_PERCPU_ARRAY(port_counters, __u64, MAX_PORTS * PORT_COUNTERS);
+BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
 /* Frames forwarded from slot i to slot j, at i * MAX_PORTS + j (slot 0: the
  * bridge device, i.e. locally originated or delivered). */
 BPF_PERCPU_ARRAY(forward_matrix, __u64, MAX_PORTS * MAX_PORTS);
@@ -51,12 +51,10 @@ struct current_ingress {
 };
 BPF_PERCPU_ARRAY(ingress_now, struct current_ingress, 1);
 
-static __always_inline void count(__u32 slot, int counter, __u64 n)
+static __always_inline void count(struct port_ctrs *pc, int counter, __u64 n)
 {
-	int idx = slot * PORT_COUNTERS + counter;
-	__u64 *v = port_counters.lookup(&idx);
-	if (v)
-		*v += n;
+	if (pc)
+		pc->c[counter] += n;
 }
 
 /* A 64-bit mix over the frame's first FINGERPRINT_BYTES, never past its end:
@@ -122,7 +120,7 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
  * start: op 20, sender MAC 22, sender IP 28, target IP 38). Requests count
  * against the target IP; replies and gratuitous ARPs are claims of the sender
  * IP, and a claim by a second MAC is a conflict. */
-static __always_inline void arp_seen(__u32 slot, const __u8 *buf, __u64 now)
+static __always_inline void arp_seen(__u32 slot, struct port_ctrs *pc, const __u8 *buf, __u64 now)
 {
 	if (buf[14] != 0 || buf[15] != 1 || buf[16] != 0x08 || buf[17] != 0x00 ||
 	    buf[18] != 6 || buf[19] != 4 || buf[20] != 0)
@@ -133,11 +131,11 @@ static __always_inline void arp_seen(__u32 slot, const __u8 *buf, __u64 now)
 	__builtin_memcpy(&tpa, buf + 38, 4);
 	int gratuitous = spa == tpa;
 	if (op == 1) {
-		count(slot, PC_ARP_REQUESTS, 1);
+		count(pc, PC_ARP_REQUESTS, 1);
 		if (gratuitous)
-			count(slot, PC_ARP_GRATUITOUS, 1);
+			count(pc, PC_ARP_GRATUITOUS, 1);
 	} else if (op == 2) {
-		count(slot, PC_ARP_REPLIES, 1);
+		count(pc, PC_ARP_REPLIES, 1);
 	} else {
 		return;
 	}
@@ -179,8 +177,9 @@ static __always_inline void arp_seen(__u32 slot, const __u8 *buf, __u64 now)
 }
 
 /* A flooded frame entering the bridge: new, or back again? */
-static __always_inline void flood_ingress(__u32 slot, __u32 ifindex, const void *start, __u32 wire,
-					  const __u64 *words, int is_arp, __u64 now)
+static __always_inline void flood_ingress(__u32 slot, struct port_ctrs *pc, __u32 ifindex,
+					  const void *start, __u32 wire, const __u64 *words, int is_arp,
+					  __u64 now)
 {
 	__u64 fp = fingerprint(words, wire);
 	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
@@ -193,9 +192,9 @@ static __always_inline void flood_ingress(__u32 slot, __u32 ifindex, const void 
 		__u64 mask = slot < 64 ? seen->out_mask[0] : seen->out_mask[1];
 		/* 1: it left through this very port; 2: it left elsewhere, came back here */
 		__u16 how = (mask & bit) ? 1 : 2;
-		count(slot, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
+		count(pc, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
 		if (is_arp)
-			count(slot, PC_ARP_DUPLICATES, 1);
+			count(pc, PC_ARP_DUPLICATES, 1);
 		frame_event(EVENT_LOOP, ifindex, start, wire, how, seen->in_ifindex, now);
 		seen->ts_ns = now;
 		return;
@@ -216,6 +215,7 @@ struct hit {
 	__u32 wire;       /* frame size from the MAC header */
 	const void *start;
 	__u64 now;
+	struct port_ctrs *pc;  /* this CPU's counters of the port */
 };
 
 /* The shared first steps of both hooks: is the device ours, and count the
@@ -228,8 +228,10 @@ static __always_inline int port_hit(const void *skb, int packets, struct hit *h)
 	h->slot = (h->watch >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
 	h->now = bpf_ktime_get_ns();
 	h->start = frame_start(skb, &h->wire);
-	count(h->slot, packets, 1);
-	count(h->slot, packets + 1, h->wire);
+	__u32 slot = h->slot;
+	h->pc = port_counters.lookup(&slot);
+	count(h->pc, packets, 1);
+	count(h->pc, packets + 1, h->wire);
 	return 1;
 }
 
@@ -258,22 +260,22 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	const __u8 *buf = (const __u8 *)words;
 	int is_arp = buf[12] == 0x08 && buf[13] == 0x06;
 	if (is_arp) {
-		count(slot, PC_RX_ARP, 1);
-		arp_seen(slot, buf, now);
+		count(h.pc, PC_RX_ARP, 1);
+		arp_seen(slot, h.pc, buf, now);
 	}
 	if (is_own_mac(buf + 6)) {
 		/* br_fdb_update() would log "received packet on X with own address
 		 * as source address" (rate-limited); this is the exact count. */
-		count(slot, PC_ECHOES, 1);
+		count(h.pc, PC_ECHOES, 1);
 		frame_event(EVENT_ECHO, ifindex, start, wire, 0, 0, now);
 	}
 	if (!(buf[0] & 1))
 		return 0;  /* unicast: no fingerprint needed */
 	if ((buf[0] & buf[1] & buf[2] & buf[3] & buf[4] & buf[5]) == 0xff)
-		count(slot, PC_RX_BROADCAST, 1);
+		count(h.pc, PC_RX_BROADCAST, 1);
 	else
-		count(slot, PC_RX_MULTICAST, 1);
-	flood_ingress(slot, ifindex, start, wire, words, is_arp, now);
+		count(h.pc, PC_RX_MULTICAST, 1);
+	flood_ingress(slot, h.pc, ifindex, start, wire, words, is_arp, now);
 	return 0;
 }
 
@@ -300,7 +302,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		if (bpf_probe_read_kernel(arp, sizeof(arp), start) == 0) {
 			const __u8 *b = (const __u8 *)arp;
 			if (b[12] == 0x08 && b[13] == 0x06)
-				arp_seen(0, b, now);
+				arp_seen(0, h.pc, b, now);
 		}
 		return 0;
 	}

@@ -29,6 +29,19 @@ CONST = {**read_defines(), **read_defines(BPF_DIR / "trace.h")}
 FRAME_BYTES = CONST["FRAME_BYTES"]
 
 
+class WatchEntry(ctypes.Structure):
+    _fields_ = [
+        ("value", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("dev", ctypes.c_uint64),
+        ("other", ctypes.c_uint64),
+    ]
+
+
+class PortCtrs(ctypes.Structure):
+    _fields_ = [("c", ctypes.c_uint64 * CONST["PORT_COUNTERS"])]
+
+
 class DropKey(ctypes.Structure):
     _fields_ = [
         ("location", ctypes.c_uint64),
@@ -154,7 +167,7 @@ class NeighEvent(ctypes.Structure):
 
 
 # Every struct the header defines, by its C name (the ABI test walks this).
-STRUCTS = {"drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
+STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
            "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
            "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
            "neigh_event": NeighEvent}

@@ -95,7 +95,13 @@ def kernel_defines(btf: Btf, sources=("drops.bpf.c",)) -> dict[str, int]:
         extra_fields, extra_args = GROUPS[src]
         fields += extra_fields
         args += extra_args
-    out = {name: btf.field(struct, path).offset for name, struct, path in dict.fromkeys(fields)}
+    found = {name: btf.field(struct, path) for name, struct, path in dict.fromkeys(fields)}
+    out = {name: f.offset for name, f in found.items()}
+    # frame_start() (common.bpf.h) reads these four sk_buff fields with one
+    # bpf_probe_read_kernel() of the span that holds them, when it is short.
+    span = [found[n] for n in ("SKB_LEN_OFF", "SKB_MAC_HEADER_OFF", "SKB_HEAD_OFF", "SKB_DATA_OFF")]
+    out["SKB_SPAN_START"] = min(f.offset for f in span)
+    out["SKB_SPAN_LEN"] = max(f.offset + f.size for f in span) - out["SKB_SPAN_START"]
     for name, tp, type_name in args:
         out[name] = btf.arg_index(tp, type_name)
     return out
@@ -193,14 +199,16 @@ class Session:
         table = self.bpf["watch"]
         slots = abi.CONST["WATCH_SLOTS"]
         current = getattr(self, "_watched", {})
+        # A fresh entry (dev/other zero) makes the BPF side verify the device's
+        # namespace again: done on every change, never needed otherwise.
         for ifindex in set(current) - set(values_by_ifindex):
-            table[ctypes.c_int(ifindex)] = ctypes.c_uint32(0)
+            table[ctypes.c_int(ifindex)] = table.Leaf(0, 0, 0, 0)
         too_big = []
         for ifindex, value in values_by_ifindex.items():
             if ifindex >= slots:
                 too_big.append(ifindex)
             elif current.get(ifindex) != value:
-                table[ctypes.c_int(ifindex)] = ctypes.c_uint32(value)
+                table[ctypes.c_int(ifindex)] = table.Leaf(value, 0, 0, 0)
         self._watched = {i: v for i, v in values_by_ifindex.items() if i < slots}
         return too_big
 
@@ -246,12 +254,15 @@ class Session:
 
     def port_counters(self, slots) -> dict[int, list]:
         """slot -> the PORT_COUNTERS monotonic counters (summed over CPUs).
-        Only the slots asked for are read: one lookup per counter, not per
-        array entry."""
+        Only the slots asked for are read: one lookup per port."""
         if not self.has_map("port_counters"):
             return {}
         table, n = self.bpf["port_counters"], abi.CONST["PORT_COUNTERS"]
-        return {slot: [sum(table[ctypes.c_int(slot * n + c)]) for c in range(n)] for slot in slots}
+        out = {}
+        for slot in slots:
+            per_cpu = table[ctypes.c_int(slot)]      # one struct port_ctrs per CPU
+            out[slot] = [sum(cpu.c[i] for cpu in per_cpu) for i in range(n)]
+        return out
 
     def forward_matrix(self, slots) -> dict[tuple, int]:
         """(from slot, to slot) -> frames, for the slots asked for (non-zero only)."""
