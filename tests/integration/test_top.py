@@ -188,7 +188,10 @@ def test_top_shows_a_reflecting_tap_and_quits_cleanly(lab, top_factory):
     top.wait_for(lambda s: not s.splitlines()[0].endswith("  PAUSED") and "p pause" in s)
     # the tap's drill-down: its echoes and returns
     top.keys("j", "d")
-    drill = top.wait_for(lambda s: f"  {tap.name}: tun, forwarding" in s)
+    # who holds the tap (its process), then the port's state and the
+    # interface's own drop counters beside brtrace's
+    drill = top.wait_for(lambda s: re.search(rf"  {tap.name}: python3 pid \d+, tun, forwarding, up, "
+                                             r"mtu \d+, iface dropped rx 0 tx 0", s) is not None)
     counters = {m.group(1): int(m.group(2)) for m in re.finditer(r"(echoes|returns)\s+(\d+)", drill)}
     assert counters["echoes"] == 12 and counters["returns"] >= 12 + 15, drill
     top.keys("Enter")

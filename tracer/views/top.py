@@ -38,8 +38,14 @@ def top_state(monitor: Monitor, sort_key: str = "rx", paused: bool = False,
     rows = monitor.rows() if rows is None else rows
     findings = monitor.findings(rows) if findings is None else findings
     ports = {run.bridge.name: "the bridge device itself"}
+    iface = run.iface_drops()
     for p in sorted(run.bridge.ports.values(), key=lambda p: p.name):
-        ports[p.name] = f"{p.kind or 'device'}, {p.stp_state}, {p.operstate.lower()}, mtu {p.mtu}"
+        who = f"{run.labels[p.name]}, " if run.labels.get(p.name) else ""
+        # The interface's own drop counters since start, beside brtrace's:
+        # drops that never pass kfree_skb show as a difference.
+        rx, tx = iface.get(p.name, (0, 0))
+        ports[p.name] = (f"{who}{p.kind or 'device'}, {p.stp_state}, {p.operstate.lower()}, "
+                         f"mtu {p.mtu}, iface dropped rx {rx} tx {tx}")
     fdb_ports = {(e.mac, e.vlan): monitor.port_name(e.ifindex) for e in run.fdb() if not e.local}
     missing = [c.hook.name for c in run.kernel.choices if c.hook.name in run.hooks and c.picked is None]
     return build_state(bridge=run.bridge.name, netns=run.netns.name or "", mode=MODES.get(run.mode, ""),
