@@ -202,6 +202,13 @@ struct neigh_stats {
 	__u8 pad2[2];
 };
 
+/* Packets the neighbour layer dropped, by namespace, device and reason. */
+struct neigh_drop_key {
+	__u32 netns;
+	__u32 ifindex;
+	__u32 reason;
+};
+
 struct neigh_event {
 	__u8 kind;           /* EVENT_NEIGH */
 	__u8 old_state;

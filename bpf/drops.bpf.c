@@ -44,11 +44,40 @@ static __always_inline void sample(const void *skb, struct drop_key *key, __u64 
 	event_submit(EVENT_DROP, ev);
 }
 
+#if NEIGH_DROPS
+/* With `brtrace neigh --all-netns`: packets the neighbour layer dropped in
+ * any namespace (a guest's queue when its gateway never answered), by
+ * (netns, ifindex, reason). REASON_NEIGH_* are the running kernel's values
+ * (from its reason table; -1 when it has no such reason). */
+BPF_HASH(neigh_drops, struct neigh_drop_key, __u64, NEIGH_KEYS_MAX);
+
+static __always_inline void neigh_drop(const void *dev, __u32 reason)
+{
+	if (reason != (__u32)REASON_NEIGH_FAILED && reason != (__u32)REASON_NEIGH_QUEUEFULL &&
+	    reason != (__u32)REASON_NEIGH_DEAD)
+		return;
+	struct neigh_drop_key k = {};
+	k.reason = reason;
+	k.ifindex = dev ? read_u32(dev + DEV_IFINDEX_OFF) : 0;
+	const void *net = dev ? (const void *)read_u64(dev + DEV_ND_NET_OFF) : NULL;
+	k.netns = net ? read_u32(net + NET_NS_INUM_OFF) : 0;
+	__u64 one = 1;
+	__u64 *n = neigh_drops.lookup(&k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		neigh_drops.update(&k, &one);
+}
+#endif
+
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	const void *skb = (const void *)ctx->args[ARG_SKB];
 	const void *dev = (const void *)read_u64(skb + SKB_DEV_OFF);
 	__u32 ifindex = watched_ifindex(dev);
+#if NEIGH_DROPS
+	neigh_drop(dev, (__u32)ctx->args[ARG_REASON]);
+#endif
 	if (!ifindex)
 		return 0;
 

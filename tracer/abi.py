@@ -149,6 +149,10 @@ class NeighStats(ctypes.Structure):
     ]
 
 
+class NeighDropKey(ctypes.Structure):
+    _fields_ = [("netns", ctypes.c_uint32), ("ifindex", ctypes.c_uint32), ("reason", ctypes.c_uint32)]
+
+
 class NeighEvent(ctypes.Structure):
     _fields_ = [
         ("kind", ctypes.c_uint8),
@@ -170,7 +174,7 @@ class NeighEvent(ctypes.Structure):
 STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
            "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
            "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
-           "neigh_event": NeighEvent}
+           "neigh_event": NeighEvent, "neigh_drop_key": NeighDropKey}
 
 # Names of the per-port counters (PC_* in the header), by index.
 PORT_COUNTER_NAMES = {v: k[3:].lower() for k, v in CONST.items() if k.startswith("PC_")}

@@ -248,14 +248,17 @@ def neigh_failed(inp: Inputs) -> list:
     for n in inp.state.neigh:
         if not n["failed"]:
             continue
-        drops = sum(r.count for r in inp.drop_rows if r.reason.startswith("NEIGH_"))
+        dropped = n.get("dropped") or {}
+        drops = sum(dropped.values()) or sum(r.count for r in inp.drop_rows
+                                             if r.reason.startswith("NEIGH_") and r.port == n["dev"])
         out.append(Finding(
             "neigh_failed", inp.bridge.name, [n["dev"]], "critical",
             f"resolving {n['ip']} on {n['dev']} failed {n['failed']} times (INCOMPLETE -> FAILED): "
-            f"packets queued for it were dropped" + (f" ({drops} NEIGH_* drops seen)" if drops else ""),
+            f"packets queued for it were dropped" + (f" ({drops} NEIGH_* drops on {n['dev']})" if drops else ""),
             f"nothing answered ARP/NDP for {n['ip']}; check that the host is up and reachable through "
             f"the bridge (`brtrace neigh` shows the unanswered requests per port)",
-            {"ip": n["ip"], "failed": n["failed"], "incomplete": n["incomplete"], "dev": n["dev"]}))
+            {"ip": n["ip"], "failed": n["failed"], "incomplete": n["incomplete"], "dev": n["dev"],
+             "dropped": drops, "dropped_by_reason": dropped}))
     return out
 
 

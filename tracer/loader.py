@@ -319,6 +319,13 @@ class Session:
                         "lladdr": _mac(st.lladdr), "prev_lladdr": _mac(st.prev_lladdr)})
         return out
 
+    def neigh_drops(self) -> list[dict]:
+        """Packets the neighbour layer dropped anywhere (neigh --all-netns)."""
+        if not self.has_map("neigh_drops"):
+            return []
+        return [{"netns": k.netns, "ifindex": k.ifindex, "reason": k.reason, "count": v.value}
+                for k, v in self.bpf["neigh_drops"].items()]
+
     def fdb_moves(self) -> list[dict]:
         """Every MAC the FDB hook saw created or moved (bounded LRU)."""
         if not self.has_map("fdb_moves"):

@@ -98,6 +98,13 @@ class Monitor:
         arp = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
                 "other": names.get(t["other_slot"])} for t in session.arp_targets()]
         neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in session.neigh_entries()]
+        # Packets the neighbour layer dropped, by device (neigh --all-netns).
+        queue_drops: dict = {}
+        for d in session.neigh_drops():
+            dev = self.device_name(d["netns"], d["ifindex"])
+            queue_drops.setdefault(dev, {})[self.run.kernel.reasons.name(d["reason"])] = d["count"]
+        for n in neigh:
+            n["dropped"] = queue_drops.get(n["dev"], {})
         return {"drops": drops, "counters": counters, "matrix": matrix, "moves": moves,
                 "arp": arp, "neigh": neigh}
 

@@ -91,7 +91,7 @@ class BridgeRun:
         # hook names (tracer/probes.py) these sources implement, for headers
         self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
         self.mode = None               # forward hook's mechanism, once open
-        self.extra_defines = {"ALL_NETNS": 0, **(defines or {})}
+        self.extra_defines = {"ALL_NETNS": 0, "NEIGH_DROPS": 0, **(defines or {})}
         self.session: Session | None = None
         self.topo: Topology | None = None
         self.names: dict = {}          # ifindex -> last known name (ports that left)
@@ -120,6 +120,9 @@ class BridgeRun:
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        RINGBUF_PAGES=64)
         defines.update(self.extra_defines)
+        for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):
+            value = self.kernel.reasons.value(name)
+            defines[f"REASON_{name}"] = -1 if value is None else value
         self.session = Session(Program(self.sources, defines))
         with signals_deferred():
             self._apply_watch()

@@ -5,7 +5,14 @@ import time
 
 import pytest
 
-from tracer.lab import arp_request, ping, send_frames
+from tracer.lab import CHILD_PYTHON, arp_request, ns_argv, run, send_frames
+
+_SEND_UDP = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b"x", (sys.argv[1], 9))
+"""
 
 pytestmark = pytest.mark.integration
 
@@ -22,19 +29,21 @@ def findings(t, type_):
 def test_gateway_that_never_answers(lab, tracer_factory):
     h1 = lab.host(1)
     t = tracer_factory(*neigh_cmd(lab, "--all-netns"))
-    # The guest's gateway 10.77.0.99 does not exist: ARP goes unanswered, the
-    # guest's entry goes INCOMPLETE -> FAILED and the queued ping is dropped.
-    assert not ping(h1.netns, "10.77.0.99", count=1, interval=0.2, deadline=4)
-    time.sleep(0.5)
+    # The guest's gateway 10.77.0.99 does not exist: 5 datagrams wait in the
+    # entry's queue while ARP goes unanswered (3 requests, one a second), the
+    # entry goes INCOMPLETE -> FAILED and the 5 are dropped with it.
+    run(ns_argv(h1.netns, [CHILD_PYTHON, "-c", _SEND_UDP, "10.77.0.99", "5"]), timeout=30)
+    time.sleep(4.0)
     t.stop()
     arp = {r["port"]: r for r in t.kind("arp")}
-    # iputils ping + the kernel's mcast_solicit (3): exactly 3 broadcast requests.
+    # The kernel's mcast_solicit (3): exactly 3 broadcast requests.
     assert arp[h1.port]["requests"] == 3 and arp[h1.port]["replies"] == 0
     assert arp[h1.port]["unanswered"] == [{"ip": "10.77.0.99", "requests": 3}]
     (un,) = findings(t, "arp_unanswered")
     assert un["ports"] == [h1.port] and un["evidence"] == {"ip": "10.77.0.99", "requests": 3, "replies": 0}
     (nf,) = findings(t, "neigh_failed")
     assert nf["evidence"]["ip"] == "10.77.0.99" and nf["evidence"]["failed"] == 1
+    assert nf["evidence"]["dropped_by_reason"] == {"NEIGH_FAILED": 5}
     # The guest's entry lives in the guest's namespace: named by ifindex there.
     assert nf["ports"][0].startswith("ifindex ") and nf["ports"][0].endswith("@" + h1.netns)
     (entry,) = [n for n in t.kind("neigh") if n["ip"] == "10.77.0.99"]

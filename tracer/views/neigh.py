@@ -58,4 +58,5 @@ def _table(cfg, run, monitor, rows, findings, out):
 def run_neigh(cfg: Config, all_netns: bool = False, out=None) -> int:
     view = View(name="neigh", sources=SOURCES, on_interval=_NewFindings(),
                 final_records=arp_records, final_table=_table)
-    return run_view(view, replace(cfg), out, defines={"ALL_NETNS": 1 if all_netns else 0})
+    flag = 1 if all_netns else 0
+    return run_view(view, replace(cfg), out, defines={"ALL_NETNS": flag, "NEIGH_DROPS": flag})
