@@ -91,3 +91,34 @@ def test_not_forwarded_from_same_port_drops_mentions_flapping():
     (f,) = run(state([{}, {}], moves), rows=[row])
     assert (f.type, f.ports, f.evidence["frames"]) == ("not_forwarded", ["t3o"], 12)
     assert "learned on vnet0, t3o (it moves)" in f.message
+
+
+def neigh_entry(**kw):
+    base = {"dev": "br-int", "ip": "10.0.0.1", "state": "reachable", "failed": 0, "incomplete": 0,
+            "reachable": 0, "stale": 0, "lladdr_changes": 0, "lladdr": "02:00:00:00:00:01",
+            "prev_lladdr": "00:00:00:00:00:00", "dropped": {}}
+    return {**base, **kw}
+
+
+def test_neighbour_findings_from_entries():
+    st = state([{}, {}])
+    st.neigh = [neigh_entry(ip="10.0.0.1", reachable=12, stale=11),            # churn
+                neigh_entry(ip="10.0.0.2", lladdr_changes=2, prev_lladdr="02:00:00:00:00:09"),
+                neigh_entry(ip="10.0.0.3", state="failed", failed=1, incomplete=1,
+                            dropped={"NEIGH_FAILED": 4})]
+    found = {f.type: f for f in run(st)}
+    assert set(found) == {"arp_churn", "ip_conflict", "neigh_failed"}
+    assert found["arp_churn"].evidence == {"ip": "10.0.0.1", "reachable": 12, "stale": 11}
+    assert found["ip_conflict"].evidence["macs"] == ["02:00:00:00:00:09", "02:00:00:00:00:01"]
+    assert found["neigh_failed"].evidence["dropped_by_reason"] == {"NEIGH_FAILED": 4}
+    assert "4 NEIGH_* drops on br-int" in found["neigh_failed"].message
+
+
+def test_arp_on_the_wire_findings():
+    st = state([{}, {}])
+    st.arp = [{"ip": "10.0.0.9", "requests": 5, "replies": 0, "conflicts": 0, "mac": "", "other_mac": "",
+               "asker": "vnet0", "claimer": None, "other": None},
+              {"ip": "10.0.0.8", "requests": 2, "replies": 0, "conflicts": 0, "mac": "", "other_mac": "",
+               "asker": "vnet0", "claimer": None, "other": None}]
+    (f,) = run(st)
+    assert (f.type, f.ports, f.evidence["requests"]) == ("arp_unanswered", ["vnet0"], 5)
