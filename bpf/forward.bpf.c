@@ -15,17 +15,13 @@
  * (broadcast/multicast destination), a fingerprint in an LRU hash that tells
  * a frame coming back (loop or reflecting port) from a new one.
  *
- * The bridge decides synchronously: netif_receive_skb on the ingress port,
- * then br_handle_frame() -> br_forward()/br_flood() -> dev_queue_xmit() on the
- * egress ports, all on one CPU. A per-CPU "current ingress" slot therefore ties
- * egress to ingress for the forwarding matrix without any per-skb map.
+ * Which frame went where is `brtrace trace`'s job (trace.bpf.c, filtered
+ * in the kernel): these hooks run for every frame, so they keep only what
+ * the views show, per port.
  */
 #include "common.bpf.h"
 
 BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
-/* Frames forwarded from slot i to slot j, at i * MAX_PORTS + j (slot 0: the
- * bridge device, i.e. locally originated or delivered). */
-BPF_PERCPU_ARRAY(forward_matrix, __u64, MAX_PORTS * MAX_PORTS);
 
 /* The bridge's own MACs (local FDB entries), kept by userspace. own_mac_lo
  * holds, per last MAC byte, whether any own MAC ends with it: most frames are
@@ -43,13 +39,6 @@ BPF_TABLE("lru_hash", __u64, struct flood_seen, flood_fingerprints, FLOOD_KEYS_M
 
 /* ARP on the wire, per IPv4 address asked for or claimed (bounded LRU). */
 BPF_TABLE("lru_hash", __u32, struct arp_target, arp_targets, ARP_TARGETS_MAX);
-
-struct current_ingress {
-	__u64 ts_ns;
-	__u32 slot;
-	__u32 pad;
-};
-BPF_PERCPU_ARRAY(ingress_now, struct current_ingress, 1);
 
 static __always_inline void count(struct port_ctrs *pc, int counter, __u64 n)
 {
@@ -246,14 +235,6 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	if (w & WATCH_BRIDGE)
 		return 0;  /* br_pass_frame_up(): delivered to the bridge's own stack */
 
-	struct current_ingress *cur;
-	int zero = 0;
-	cur = ingress_now.lookup(&zero);
-	if (cur) {
-		cur->ts_ns = now;
-		cur->slot = slot;
-	}
-
 	__u64 words[FINGERPRINT_BYTES / 8] = {};
 	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0)
 		return 0;
@@ -288,16 +269,10 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 	const void *start = h.start;
 	__u64 now = h.now;
 
-	int zero = 0;
-	struct current_ingress *cur = ingress_now.lookup(&zero);
-	if (!cur)
-		return 0;
 	if (w & WATCH_BRIDGE) {
-		/* The host's own stack sends through the bridge (br_dev_xmit()):
-		 * what follows on the ports originates locally. Its ARP replies
-		 * answer requests seen on the ports, so they count as claims. */
-		cur->ts_ns = now;
-		cur->slot = 0;
+		/* The host's own stack sends through the bridge (br_dev_xmit()).
+		 * Its ARP replies answer requests seen on the ports, so they count
+		 * as claims. */
 		__u64 arp[FINGERPRINT_BYTES / 8] = {};
 		if (bpf_probe_read_kernel(arp, sizeof(arp), start) == 0) {
 			const __u8 *b = (const __u8 *)arp;
@@ -306,14 +281,6 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		}
 		return 0;
 	}
-	/* Same softirq as the ingress that caused it: well under a millisecond. */
-	if (now - cur->ts_ns < 1000000ULL) {
-		int idx = cur->slot * MAX_PORTS + slot;
-		__u64 *v = forward_matrix.lookup(&idx);
-		if (v)
-			*v += 1;
-	}
-
 	__u64 words[FINGERPRINT_BYTES / 8] = {};
 	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0 || !(words[0] & 1))
 		return 0;  /* unicast (I/G bit of the first byte clear): no fingerprint */

@@ -90,7 +90,7 @@ class MacMoves:
 
 
 class BridgeState:
-    """Per-port counters, forwarding matrix and FDB moves, folded from kernel
+    """Per-port counters and FDB moves, folded from kernel
     snapshots keyed by port *name* (slots are an implementation detail of the
     BPF side), plus bounded echo and loop samples."""
 
@@ -98,7 +98,6 @@ class BridgeState:
         self.totals: dict = {}          # port -> {counter: value since load}
         self.rates: dict = {}           # port -> {counter: per second, last interval}
         self.peaks: dict = {}           # port -> {counter: highest per-second rate seen}
-        self.matrix: dict = {}          # (from port, to port) -> frames since load
         self.macs: dict = {}            # (mac, vlan) -> MacMoves
         self.echoes: deque = deque(maxlen=RECENT_EVENTS)
         self.loops: deque = deque(maxlen=RECENT_EVENTS)
@@ -109,9 +108,9 @@ class BridgeState:
         self.interval = 0.0
         self._last_t: float | None = None
 
-    def fold(self, counters: dict, matrix: dict, moves: list, now: float) -> None:
-        """counters: port -> {name: value}; matrix: (from, to) -> value;
-        moves: [{mac, vlan, count, port, prev_port}] from the FDB hook.
+    def fold(self, counters: dict, moves: list, now: float) -> None:
+        """counters: port -> {name: value}; moves: [{mac, vlan, count, port,
+        prev_port}] from the FDB hook.
         Ports absent from `counters` have left the bridge: their last totals
         stay, so a loop through a link that was since removed is still shown."""
         dt = (now - self._last_t) if self._last_t is not None else 0.0
@@ -126,7 +125,6 @@ class BridgeState:
                 peak[k] = max(peak.get(k, 0.0), r)
         self.rates = rates
         self.totals.update({p: dict(v) for p, v in counters.items()})
-        self.matrix.update(matrix)
         for m in moves:
             key = (m["mac"], m["vlan"])
             entry = self.macs.get(key)

@@ -264,20 +264,6 @@ class Session:
             out[slot] = [sum(cpu.c[i] for cpu in per_cpu) for i in range(n)]
         return out
 
-    def forward_matrix(self, slots) -> dict[tuple, int]:
-        """(from slot, to slot) -> frames, for the slots asked for (non-zero only)."""
-        if not self.has_map("forward_matrix"):
-            return {}
-        table, width = self.bpf["forward_matrix"], abi.CONST["MAX_PORTS"]
-        out = {}
-        for i in slots:
-            for j in slots:
-                if i != j:
-                    v = sum(table[ctypes.c_int(i * width + j)])
-                    if v:
-                        out[(i, j)] = v
-        return out
-
     def decisions(self, slots) -> dict[int, list]:
         """slot -> the DECISIONS counters (kprobe mode only; {} otherwise)."""
         if not self.has_map("decisions"):

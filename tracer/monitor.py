@@ -76,7 +76,7 @@ class Monitor:
     def snapshot(self) -> dict:
         """Read every kernel map the run has loaded, keyed by port name:
         {"drops": {(ifindex, reason, location, ethertype): n}, "counters":
-        {port: {counter: n}}, "matrix": {(from, to): n}, "moves": [...]}.
+        {port: {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
         Exporters call this at scrape time; tick() folds it."""
         session = self.run.session
         slots = sorted(self.run.slots.owner)
@@ -89,7 +89,6 @@ class Monitor:
         for slot, values in session.decisions(slots).items():
             counters.setdefault(names[slot], {}).update(
                 {abi.DECISION_NAMES[i]: v for i, v in enumerate(values) if i in abi.DECISION_NAMES})
-        matrix = {(names[i], names[j]): v for (i, j), v in session.forward_matrix(slots).items()}
         moves = []
         for m in session.fdb_moves():
             moves.append({**m, "port": names.get(m["slot"]),
@@ -105,7 +104,7 @@ class Monitor:
             queue_drops.setdefault(dev, {})[self.run.kernel.reasons.name(d["reason"])] = d["count"]
         for n in neigh:
             n["dropped"] = queue_drops.get(n["dev"], {})
-        return {"drops": drops, "counters": counters, "matrix": matrix, "moves": moves,
+        return {"drops": drops, "counters": counters, "moves": moves,
                 "arp": arp, "neigh": neigh}
 
     def tick(self) -> None:
@@ -113,7 +112,7 @@ class Monitor:
         snap, now = self.snapshot(), time.monotonic()
         if self.run.session.has_map("drop_counts"):
             self.drops.fold_counts(snap["drops"], now)
-        self.bridge_state.fold(snap["counters"], snap["matrix"], snap["moves"], now)
+        self.bridge_state.fold(snap["counters"], snap["moves"], now)
         self.bridge_state.arp = snap["arp"]
         self.bridge_state.neigh = snap["neigh"]
 

@@ -26,7 +26,7 @@ def state(snapshots, moves=(), dt=1.0):
     st = BridgeState()
     for i, snap in enumerate(snapshots):
         counters = {p: {**zero(), **v} for p, v in snap.items()}
-        st.fold(counters, {}, list(moves) if i == len(snapshots) - 1 else [], i * dt)
+        st.fold(counters, list(moves) if i == len(snapshots) - 1 else [], i * dt)
     return st
 
 

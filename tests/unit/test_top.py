@@ -251,12 +251,12 @@ def _row(port, reason, location, count, rate, explanation=""):
 def test_build_state_from_bridge_state_rows_and_findings():
     st = BridgeState()
     ports = ("br-int", "vnet0", "t3o")
-    st.fold({p: _counters() for p in ports}, {},
+    st.fold({p: _counters() for p in ports},
             [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 1, "port": "vnet0", "prev_port": None},
              {"mac": "02:aa:00:00:00:02", "vlan": 0, "count": 1, "port": "vnet0", "prev_port": None}], 10.0)
     st.fold({"br-int": _counters(rx_packets=8),
              "vnet0": _counters(rx_packets=200, tx_packets=60, rx_broadcast=30, rx_multicast=10, rx_arp=20),
-             "t3o": _counters(rx_packets=120, tx_packets=120, echoes=24)}, {},
+             "t3o": _counters(rx_packets=120, tx_packets=120, echoes=24)},
             [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 9, "port": "t3o", "prev_port": "vnet0"},
              {"mac": "02:aa:00:00:00:02", "vlan": 0, "count": 5, "port": "vnet0", "prev_port": "t3o"}], 12.0)
     rows = [_row("t3o", "NOT_SPECIFIED", "br_handle_frame_finish+0x380", 18, 6.0, EXPL),
