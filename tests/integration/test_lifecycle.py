@@ -12,7 +12,7 @@ from tracer.lab import ETH_P_LAB, ether, send_frames
 
 from pathlib import Path
 
-from progs import held_prog_ids, wait_unloaded
+from harness import held_prog_ids, wait_unloaded
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,12 +16,6 @@ def loops_cmd(lab, duration="120"):
             "--duration", duration)
 
 
-def findings(t, type_=None):
-    return [f for f in t.kind("finding") if type_ is None or f["type"] == type_]
-
-
-def ports(t):
-    return {p["port"]: p["counters"] for p in t.kind("port")}
 
 
 def test_reflecting_vpn_tap(lab, tracer_factory):
@@ -42,33 +36,33 @@ def test_reflecting_vpn_tap(lab, tracer_factory):
     send_frames(gw.netns, gw.ifname, ether(vm.mac, gw.mac, ETH_P_LAB, b"to-vm"), U, interval=0.02)
     t.stop(settle=0.8)
 
-    echo = findings(t, "own_address_echo")
+    echo = t.findings("own_address_echo")
     assert [(f["ports"], f["evidence"]["frames"]) for f in echo] == [([tap.name], E)]
     assert "ip link set " + tap.name + " nomaster" in echo[0]["hint"]
 
-    (loop,) = findings(t, "l2_loop")
+    (loop,) = t.findings("l2_loop")
     assert loop["ports"] == [tap.name] and loop["evidence"]["kind"] == "reflecting_port"
     assert loop["evidence"]["per_port"][tap.name]["returned"] == E + K
 
-    flaps = findings(t, "mac_flap")
+    flaps = t.findings("mac_flap")
     vm_flap = [f for f in flaps if f["evidence"]["mac"] == vm.mac]
     assert len(vm_flap) == 1 and sorted(vm_flap[0]["ports"]) == sorted([vm.port, tap.name])
     assert vm_flap[0]["evidence"]["moves"] >= K
 
-    (nf,) = findings(t, "not_forwarded")
+    (nf,) = t.findings("not_forwarded")
     assert nf["ports"] == [tap.name] and nf["evidence"]["mac"] == vm.mac
     assert nf["evidence"]["frames"] == U
     # Every finding names the tap; only a flap also names the MAC's real home.
     # The gateway's MAC flaps too: its frames to the VM are sent to t3o and come back.
-    assert all(tap.name in f["ports"] for f in findings(t))
-    assert all(f["ports"] == [tap.name] for f in findings(t) if f["type"] != "mac_flap")
+    assert all(tap.name in f["ports"] for f in t.findings())
+    assert all(f["ports"] == [tap.name] for f in t.findings() if f["type"] != "mac_flap")
     homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
     assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
-    assert ports(t)[tap.name]["echoes"] == E
+    assert t.ports()[tap.name]["echoes"] == E
     # Who is behind the tap: the process holding it open, as a VPN daemon.
     assert echo[0]["identities"] == {tap.name: "vpn tincd"}
     assert {p["port"]: p["identity"] for p in t.kind("port")}[tap.name] == "vpn tincd"
-    assert ports(t)[gw.port]["echoes"] == 0 and ports(t)[vm.port]["returns"] == 0
+    assert t.ports()[gw.port]["echoes"] == 0 and t.ports()[vm.port]["returns"] == 0
 
 
 def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):
@@ -80,14 +74,14 @@ def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):
     time.sleep(2.0)
     lab.break_loop()          # bounded: the test ends the storm itself
     t.stop(settle=1.0)
-    (lp,) = findings(t, "l2_loop")
+    (lp,) = t.findings("l2_loop")
     assert lp["ports"] == link_ports and lp["evidence"]["kind"] == "loop_between_ports"
     assert lp["evidence"]["frames_back"] > 1000
-    storms = findings(t, "storm")
+    storms = t.findings("storm")
     assert storms and {p for f in storms for p in f["ports"]} <= set(link_ports)
-    flap = [f for f in findings(t, "mac_flap") if f["evidence"]["mac"] == h1.mac]
+    flap = [f for f in t.findings("mac_flap") if f["evidence"]["mac"] == h1.mac]
     assert flap and set(flap[0]["ports"]) <= set(link_ports) | {h1.port}
-    assert not findings(t, "own_address_echo")
+    assert not t.findings("own_address_echo")
 
 
 def test_redundant_links_with_stp_are_not_a_loop(tracer_factory):
@@ -99,7 +93,7 @@ def test_redundant_links_with_stp_are_not_a_loop(tracer_factory):
         send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"b"), 20, interval=0.02)
         assert ping(h1.netns, h2.ip, count=3, interval=0.2)
         t.stop(settle=0.5)
-    assert findings(t) == [], findings(t)
+    assert t.findings() == [], t.findings()
 
 
 def test_healthy_bridge_has_no_findings(lab, tracer_factory):
@@ -109,8 +103,8 @@ def test_healthy_bridge_has_no_findings(lab, tracer_factory):
     # Broadcasts from h2, which only answers pings (its ARP replies are unicast).
     send_frames(h2.netns, h2.ifname, ether(BROADCAST, h2.mac, ETH_P_LAB, b"hello"), 20, interval=0.01)
     t.stop()
-    assert findings(t) == []
-    counters = ports(t)
+    assert t.findings() == []
+    counters = t.ports()
     assert counters[h2.port]["rx_broadcast"] == 20
     assert counters[h1.port]["rx_arp"] >= 1 and counters[h1.port]["rx_packets"] >= 6
     summary = t.kind("summary")[0]

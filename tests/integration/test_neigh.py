@@ -22,9 +22,6 @@ def neigh_cmd(lab, *extra):
             "--duration", "120", *extra)
 
 
-def findings(t, type_):
-    return [f for f in t.kind("finding") if f["type"] == type_]
-
 
 def test_gateway_that_never_answers(lab, tracer_factory):
     h1 = lab.host(1)
@@ -39,9 +36,9 @@ def test_gateway_that_never_answers(lab, tracer_factory):
     # The kernel's mcast_solicit (3): exactly 3 broadcast requests.
     assert arp[h1.port]["requests"] == 3 and arp[h1.port]["replies"] == 0
     assert arp[h1.port]["unanswered"] == [{"ip": "10.77.0.99", "requests": 3}]
-    (un,) = findings(t, "arp_unanswered")
+    (un,) = t.findings("arp_unanswered")
     assert un["ports"] == [h1.port] and un["evidence"] == {"ip": "10.77.0.99", "requests": 3, "replies": 0}
-    (nf,) = findings(t, "neigh_failed")
+    (nf,) = t.findings("neigh_failed")
     assert nf["evidence"]["ip"] == "10.77.0.99" and nf["evidence"]["failed"] == 1
     assert nf["evidence"]["dropped_by_reason"] == {"NEIGH_FAILED": 5}
     # The guest's entry lives in the guest's namespace: named by ifindex there.
@@ -57,7 +54,7 @@ def test_ip_claimed_by_two_macs(lab, tracer_factory):
     for h in (h1, h2):
         send_frames(h.netns, h.ifname, arp_request(h.mac, "10.77.0.50", "10.77.0.50"), 3, interval=0.02)
     t.stop()
-    (c,) = findings(t, "ip_conflict")
+    (c,) = t.findings("ip_conflict")
     assert c["evidence"]["ip"] == "10.77.0.50"
     assert sorted(c["evidence"]["macs"]) == sorted([h1.mac, h2.mac])
     assert c["evidence"]["conflicting_claims"] == 3

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from progs import held_prog_ids, wait_unloaded
+from harness import held_prog_ids, wait_unloaded
 from tracer.lab import ETH_P_LAB, ether, send_frames
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
-from progs import held_prog_ids
+from harness import held_prog_ids
 
 REPO = Path(__file__).resolve().parents[2]
 # The program under test. Until `brtrace top` is registered in tracer/cli.py

@@ -24,10 +24,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import pytest
 if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
     pytest.skip("kernel-matrix lane: runs only inside the 6.1 VM (scripts/vm-test)",
                 allow_module_level=True)
+
+from harness import Tracer  # noqa: E402  (tests/integration/harness.py)
 
 REPO = Path(__file__).resolve().parents[2]
 BRTRACE = [str(REPO / ".venv/bin/brtrace")] if (REPO / ".venv/bin/brtrace").exists() \
@@ -156,53 +156,6 @@ class Lab:
         self.namespaces.clear()
 
 
-class Brtrace:
-    """`brtrace drops` as our child process; records are its JSON lines."""
-
-    def __init__(self, tmp: Path, bridge: str, netns: str):
-        self.ready = tmp / "ready"
-        self.argv = [*BRTRACE, "drops", "--bridge", bridge, "--netns", netns, "--interval", "1",
-                     "--duration", "300", "-o", "json", "--ready-file", str(self.ready)]
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        while not self.ready.exists():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"brtrace exited early ({self.proc.returncode}): "
-                                     f"{self.proc.stderr.read()}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                self.kill()
-                raise AssertionError(f"brtrace did not attach within {START_TIMEOUT:.0f} s")
-            time.sleep(0.1)
-        self.startup = time.monotonic() - t0
-        self.records: list = []
-        self.stderr = ""
-        self.returncode = None
-
-    def stop(self, settle: float = 1.0) -> None:
-        time.sleep(settle)                   # let the last frames reach kfree_skb
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            out, self.stderr = self.proc.communicate(timeout=CMD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("brtrace did not exit after SIGTERM")
-        self.returncode = self.proc.returncode
-        self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate()
-
-    def kind(self, kind: str) -> list:
-        return [r for r in self.records if r.get("kind") == kind]
-
-    def drops(self, **match) -> list:
-        return [r for r in self.kind("drop") if all(r.get(k) == v for k, v in match.items())]
-
-
 # Host i, its fault, and what 6.1 reports for it: (reason, function, count).
 # Host 1 sends the unicast-back and the oversized frames; host 6 is the
 # small-MTU egress port; host 7 only receives.
@@ -240,7 +193,9 @@ def run(tmp_path_factory):
         states = {i: lab.state(i) for i in (2, 3, 4)}
         assert states == {2: "listening", 3: "disabled", 4: "learning"}, states
 
-        tracer = Brtrace(tmp_path_factory.mktemp("brtv"), BRIDGE, lab.bridge_ns)
+        tracer = Tracer(tmp_path_factory.mktemp("brtv"), "drops", "--bridge", BRIDGE, "--netns",
+                        lab.bridge_ns, "--interval", "1", "--duration", "300",
+                        start_timeout=START_TIMEOUT)
         send(lab.host_ns(1), ether(HIDDEN_MAC, lab.mac(1)), K)
         send(lab.host_ns(2), ether(dst, lab.mac(2)), K)
         send(lab.host_ns(3), ether(dst, lab.mac(3)), K)
@@ -254,7 +209,7 @@ def run(tmp_path_factory):
         send(lab.host_ns(7), ether(lab.mac(1), dst), 3)
         # The ports' states must not have moved while brtrace compiled.
         assert {i: lab.state(i) for i in (2, 3, 4)} == states
-        tracer.stop()
+        tracer.stop(settle=1.0, timeout=CMD_TIMEOUT)   # let the last frames reach kfree_skb
         yield lab, tracer
     finally:
         if tracer is not None and tracer.proc.poll() is None:
@@ -319,7 +274,7 @@ def test_nothing_else_and_summary_totals(run):
     assert s["stats"]["drops_seen"] == len(FAULTS) * K
     assert s["probes"]["drops"] == "raw_tracepoint:kfree_skb"   # other hooks may join
     assert s["netns"] == lab.bridge_ns
-    assert t.returncode == 0, t.stderr
+    assert t.proc.returncode == 0, t.stderr
 
 
 def test_samples_decode_frames_with_6_1_offsets(run):

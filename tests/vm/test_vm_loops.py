@@ -24,14 +24,10 @@ writes every frame straight back.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -39,11 +35,9 @@ if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
     pytest.skip("kernel-matrix lane: runs only inside the 6.1 VM (scripts/vm-test)",
                 allow_module_level=True)
 
+from harness import Tracer  # noqa: E402  (tests/integration/harness.py)
 from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-BRTRACE = [str(REPO / ".venv/bin/brtrace")] if (REPO / ".venv/bin/brtrace").exists() \
-    else [sys.executable, "-m", "tracer.cli"]
 # Not test_vm_drops.py's brtv<pid> (same pytest process): an "l" for loops.
 PREFIX = f"brtv{os.getpid() % 1000}l"
 MAC_BASE = "02:b7:03:00:00"             # apart from test_vm_drops.py's 02:b7:01/02
@@ -51,73 +45,10 @@ START_TIMEOUT = 180.0                   # compile+attach of 4 hook groups under 
 CMD_TIMEOUT = 60.0
 E, K, U = 12, 15, 9                     # bridge's own broadcasts, VM broadcasts, gw -> VM
 KPROBE_FORWARD = "kprobe:br_forward+br_flood+br_pass_frame_up"
-# Product bug (only this exact compile error is tolerated, and only as xfail):
-# bpf/decide.bpf.c declares kprobe__br_forward(struct pt_regs *ctx, ...), bcc
-# rewrites the arguments to ctx->di / ctx->si, but nothing it includes defines
-# struct pt_regs (common.bpf.h includes only brtrace.h). Fix: add
-# `#include <uapi/linux/ptrace.h>` before `#include "common.bpf.h"` there
-# (verified in this VM: every test below then passes, attach ~14 s).
-PT_REGS_BUG = "incomplete definition of type 'struct pt_regs'"
-PT_REGS_XFAIL = ("product bug: bpf/decide.bpf.c does not compile on 6.1 (error: incomplete "
-                 "definition of type 'struct pt_regs'); fix: #include <uapi/linux/ptrace.h> "
-                 "in bpf/decide.bpf.c")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=CMD_TIMEOUT)
-
-
-class Brtrace:
-    """`brtrace loops` as our child process; records are its JSON lines."""
-
-    def __init__(self, ready: Path, bridge: str, netns: str):
-        self.ready = ready
-        self.argv = [*BRTRACE, "loops", "--bridge", bridge, "--netns", netns, "--interval", "0.5",
-                     "--duration", "300", "-o", "json", "--ready-file", str(ready)]
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        while not self.ready.exists():
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read()
-                if PT_REGS_BUG in err:
-                    pytest.xfail(PT_REGS_XFAIL)
-                raise AssertionError(f"brtrace exited early ({self.proc.returncode}): {err}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                self.kill()
-                raise AssertionError(f"brtrace did not attach within {START_TIMEOUT:.0f} s")
-            time.sleep(0.1)
-        self.startup = time.monotonic() - t0
-        self.records: list = []
-        self.stderr = ""
-        self.returncode = None
-
-    def stop(self, settle: float = 1.0) -> None:
-        # Past one --interval, so the last counters are read by a tick too.
-        time.sleep(settle)
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            out, self.stderr = self.proc.communicate(timeout=CMD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("brtrace did not exit after SIGTERM")
-        self.returncode = self.proc.returncode
-        self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate()
-
-    def kind(self, kind: str) -> list:
-        return [r for r in self.records if r.get("kind") == kind]
-
-    def findings(self, type_: str | None = None) -> list:
-        return [f for f in self.kind("finding") if type_ is None or f["type"] == type_]
-
-    def ports(self) -> dict:
-        return {p["port"]: p["counters"] for p in self.kind("port")}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +66,9 @@ def run(tmp_path_factory):
         # hold: outlives brtrace's compile under TCG plus the traffic; cleanup
         # stops it (by PID) anyway.
         tap = lab.add_tap(PREFIX + "t3o", reader="reflect", hold=280.0, max_frames=10000)
-        tracer = Brtrace(tmp_path_factory.mktemp("brtvl") / "ready", lab.bridge, lab.bridge_ns)
+        tracer = Tracer(tmp_path_factory.mktemp("brtvl"), "loops", "--bridge", lab.bridge, "--netns",
+                        lab.bridge_ns, "--interval", "0.5", "--duration", "300",
+                        start_timeout=START_TIMEOUT)
         # STP is off and forward_delay stays at its default: with STP off the
         # kernel moves an enabled port straight to forwarding (no timer trap
         # here: no port is forced into listening/learning). Check, since a
@@ -155,7 +88,8 @@ def run(tmp_path_factory):
         # them out of their ingress port.
         send_frames(gw.netns, gw.ifname, ether(vm.mac, gw.mac, ETH_P_LAB, b"to-vm"), U,
                     interval=0.02)
-        tracer.stop(settle=1.2)
+        # Past one --interval, so the last counters are read by a tick too.
+        tracer.stop(settle=1.2, timeout=CMD_TIMEOUT)
         tap.reflected = lab.stop_tap_reader(tap.name)
         yield lab, tap, tracer
     finally:
@@ -176,7 +110,7 @@ def test_kprobe_mode_on_6_1(run):
     assert s["probes"]["forward"].startswith("kprobe"), s["probes"]
     assert s["probes"]["forward"] == KPROBE_FORWARD, s["probes"]
     assert s["probes"]["drops"] == "raw_tracepoint:kfree_skb"
-    assert t.returncode == 0, t.stderr
+    assert t.proc.returncode == 0, t.stderr
 
 
 def test_own_address_echo_on_the_tap(run):

@@ -1,0 +1,110 @@
+"""brtrace as a child process of a test, and the BPF programs it holds.
+
+Shared by tests/integration and tests/vm (tests/integration is on pytest's
+pythonpath, see pyproject.toml), so every test drives the real CLI the same
+way: `-o json --ready-file`, wait until attached, stop by PID, read records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+_ids = itertools.count(1)
+
+
+class Tracer:
+    """The real brtrace CLI as a child process; records are its JSON lines."""
+
+    def __init__(self, tmp_path: Path, *args: str, start_timeout: float = 60.0):
+        self.ready = tmp_path / f"ready-{next(_ids)}"
+        self.argv = [sys.executable, "-m", "tracer.cli", *args, "-o", "json",
+                     "--ready-file", str(self.ready)]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = t0 + start_timeout
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"brtrace exited early: {self.proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("brtrace did not attach in time")
+            time.sleep(0.05)
+        self.startup = time.monotonic() - t0      # start to attached
+        self.records: list = []
+        self.stderr = ""
+
+    def stop(self, sig=signal.SIGTERM, settle: float = 0.3, timeout: float = 30.0) -> list:
+        """Let in-flight frames land, signal our child by PID, collect its output."""
+        time.sleep(settle)
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        try:
+            out, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, self.stderr = self.proc.communicate()
+            raise AssertionError("brtrace did not exit after the signal")
+        self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return self.records
+
+    def kind(self, kind: str) -> list:
+        return [r for r in self.records if r.get("kind") == kind]
+
+    def drops(self, **match) -> list:
+        return [r for r in self.kind("drop") if all(r.get(k) == v for k, v in match.items())]
+
+    def count(self, **match) -> int:
+        return sum(r["count"] for r in self.drops(**match))
+
+    def findings(self, type_: str | None = None) -> list:
+        return [f for f in self.kind("finding") if type_ is None or f["type"] == type_]
+
+    def ports(self) -> dict:
+        """port -> counters, from `loops`-style `port` records."""
+        return {p["port"]: p["counters"] for p in self.kind("port")}
+
+    def kill(self) -> None:
+        """For cleanup after a failure: SIGKILL our child by PID, reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def loaded_prog_ids() -> set:
+    """IDs of every BPF program loaded on the machine right now."""
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out)}
+
+
+def held_prog_ids(pid: int) -> set:
+    """IDs of the BPF programs process `pid` holds open (from its fdinfo).
+    Other runs may load and unload programs meanwhile, so tests follow these
+    IDs rather than diff the machine-wide list."""
+    ids = set()
+    for f in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            for line in f.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass            # an fd closed while we read
+    return ids
+
+
+def wait_unloaded(ids: set, timeout: float = 10.0) -> set:
+    """Wait (bounded) until none of `ids` is loaded; returns those still loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = ids & loaded_prog_ids()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
