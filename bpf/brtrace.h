@@ -27,6 +27,8 @@
 #define STAT_DROP_KEYS_FULL 3     /* drop_counts hash full: drop not counted by key */
 #define STAT_DROPS_SEEN 4         /* every watched kfree_skb, keyed or not */
 #define STAT_FDB_KEYS_FULL 5      /* fdb_moves LRU evicted or refused an entry */
+#define STAT_DEV_VERIFIED 6       /* watched() read a device's ifindex/namespace (verdict cache miss) */
+#define STAT_ARP_EVICTED 7        /* an ARP address displaced another from arp_targets */
 /* The three event counters again, per record kind: slot
  * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. */
 #define STAT_KIND_BASE 8
@@ -79,10 +81,16 @@
 /* A flooded frame seen again within this window (ns) counts as looping: loops
  * return in micro- to milliseconds, ARP retransmits come a second apart. */
 #define LOOP_WINDOW_NS 200000000ULL
+/* Per-CPU device verdicts kept by watched() (common.bpf.h); a power of two. */
+#define DEV_CACHE_SLOTS 512
 /* Bytes of a frame that make its fingerprint. */
 #define FINGERPRINT_BYTES 64
+/* Slots of the flood fingerprint table (a power of two): direct-mapped,
+ * indexed by the fingerprint's low bits, so a newer frame displaces an older
+ * one of the same slot (a cache, like the LRU it replaced, without the hash). */
 #define FLOOD_KEYS_MAX 16384
 #define ARP_TARGETS_MAX 4096
+#define ARP_WAYS 4
 
 /* Neighbour entries tracked (neigh.bpf.c), bounded LRU. */
 #define NEIGH_KEYS_MAX 4096
@@ -92,15 +100,12 @@
 #define DROP_KEYS_MAX 16384
 
 /* A watched device (the `watch` array, indexed by ifindex). Userspace sets
- * `value` (WATCH_* | slot << WATCH_SLOT_SHIFT) and zeroes the rest; the BPF
- * side caches the net_device pointer it verified to be in the watched
- * namespace (`dev`), and the last one it found elsewhere (`other`: every
- * container's eth0 has ifindex 2), so most packets skip the namespace check. */
+ * `value` (WATCH_* | slot << WATCH_SLOT_SHIFT), then bumps `watch_gen`: the
+ * BPF side keeps, per CPU, the verdict it reached for each net_device pointer
+ * it met (watched or not, common.bpf.h), valid for one generation. */
 struct watch_entry {
 	__u32 value;
 	__u32 pad;
-	__u64 dev;
-	__u64 other;
 };
 
 /* One port's counters (PC_*), per CPU, in `port_counters` indexed by slot. */
@@ -166,12 +171,18 @@ struct frame_event {
 	__u8 frame[FRAME_BYTES];
 };
 
-/* What the wire says about one IPv4 address (ARP seen on the bridge's ports). */
+/* What the wire says about one IPv4 address (ARP seen on the bridge's ports),
+ * in `arp_targets`: a 4-way set-associative array (ARP_WAYS entries per set,
+ * the set from a hash of the address, `ip` the tag), so an ARP frame costs
+ * array reads the verifier inlines, not a hash lookup. A new address takes an
+ * empty way, else the way with the fewest requests + replies (counted in
+ * STAT_ARP_EVICTED). */
 struct arp_target {
+	__u32 ip;            /* network byte order; 0: empty */
+	__u32 pad;
 	__u64 requests;      /* ARP requests asking for it */
 	__u64 replies;       /* ARP replies or gratuitous ARPs claiming it */
 	__u64 conflicts;     /* claims by a MAC other than the first one seen */
-	__u64 last_request_ns;
 	__u8 mac[6];         /* first MAC that claimed it */
 	__u8 other_mac[6];   /* the latest different MAC that claimed it */
 	__u32 asker_slot;    /* port of the latest request */

@@ -12,8 +12,24 @@
 
 #include "brtrace.h"
 
-/* The bridge and its ports, by ifindex; userspace keeps it current. */
+/* The bridge and its ports, by ifindex; userspace keeps it current and
+ * bumps watch_gen[0] after every change. */
 BPF_ARRAY(watch, struct watch_entry, WATCH_SLOTS);
+BPF_ARRAY(watch_gen, __u32, 1);
+
+/* What watched() concluded about one net_device pointer, in one generation
+ * of the watch set: most packets on a host belong to devices that are not
+ * ours, and this lets them out after one read (skb->dev) and two array
+ * lookups, which the verifier inlines. Per CPU, so no two CPUs write one
+ * entry. */
+struct dev_verdict {
+	__u64 dev;
+	__u32 value;     /* watch value, 0: not watched */
+	__u32 ifindex;
+	__u32 gen;       /* watch_gen[0] when it was reached */
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(dev_verdicts, struct dev_verdict, DEV_CACHE_SLOTS);
 /* brtrace's own health counters (STAT_*), never cleared. */
 BPF_PERCPU_ARRAY(stats, __u64, STAT_SLOTS);
 
@@ -98,35 +114,50 @@ static __always_inline __u16 read_u16(const void *addr)
 /*
  * Is `dev` the watched bridge or one of its ports? Returns its watch value
  * (WATCH_* flags | slot << WATCH_SLOT_SHIFT) and its ifindex, or 0.
- * The ifindex lookup comes first because it rejects almost every packet on a
- * busy host with one array access; the namespace check then rules out devices
- * of the same ifindex in other namespaces (ifindexes are per namespace).
+ *
+ * The verdict for a device pointer is cached per CPU (dev_verdicts, indexed
+ * by a multiplicative hash of the pointer) until userspace changes the watch
+ * set (watch_gen). Only a device met for the first time in a generation pays
+ * the reads of its ifindex and namespace (ifindexes are per namespace: every
+ * container's eth0 is 2). The generation is read before the watch array, and
+ * userspace writes the array before bumping it, so a verdict reached from a
+ * half-updated watch set is stored under the old generation and never used.
  */
 static __always_inline __u32 watched(const void *dev, __u32 *ifindex_out)
 {
 	if (!dev)
 		return 0;
-	__u32 ifindex = read_u32(dev + DEV_IFINDEX_OFF);
-	if (ifindex >= WATCH_SLOTS)
+	__u32 zero = 0;
+	__u32 *genp = watch_gen.lookup(&zero);
+	if (!genp)
 		return 0;
-	struct watch_entry *e = watch.lookup(&ifindex);
-	if (!e || !e->value)
-		return 0;
+	__u32 gen = *genp;
 	__u64 d = (__u64)dev;
-	if (e->dev != d) {
-		/* Not the device verified last time: check its namespace once and
-		 * remember the answer (races only cost a repeated check). */
-		if (e->other == d)
-			return 0;
-		const void *net = (const void *)read_u64(dev + DEV_ND_NET_OFF);
-		if (!net || read_u32(net + NET_NS_INUM_OFF) != NETNS_INUM) {
-			e->other = d;
-			return 0;
-		}
-		e->dev = d;
+	__u32 idx = (__u32)((d * 0x9E3779B97F4A7C15ULL) >> 32) & (DEV_CACHE_SLOTS - 1);
+	struct dev_verdict *v = dev_verdicts.lookup(&idx);
+	if (!v)
+		return 0;
+	if (v->dev == d && v->gen == gen) {
+		*ifindex_out = v->ifindex;
+		return v->value;
 	}
+	stat_inc(STAT_DEV_VERIFIED);
+	__u32 value = 0;
+	__u32 ifindex = read_u32(dev + DEV_IFINDEX_OFF);
+	if (ifindex < WATCH_SLOTS) {
+		struct watch_entry *e = watch.lookup(&ifindex);
+		if (e && e->value) {
+			const void *net = (const void *)read_u64(dev + DEV_ND_NET_OFF);
+			if (net && read_u32(net + NET_NS_INUM_OFF) == NETNS_INUM)
+				value = e->value;
+		}
+	}
+	v->dev = d;
+	v->value = value;
+	v->ifindex = ifindex;
+	v->gen = gen;
 	*ifindex_out = ifindex;
-	return e->value;
+	return value;
 }
 
 static __always_inline __u32 watched_ifindex(const void *dev)

@@ -2,24 +2,42 @@
 /*
  * forward.bpf.c - what enters and leaves the bridge's ports, and what comes back.
  *
- * Hooks (raw tracepoints, every kernel with BTF; the fallback for kernels
- * without kprobes/fentry, and the per-port counters in every mode):
- *   net:netif_receive_skb  a frame entering a port (or, via br_pass_frame_up(),
- *                          the bridge device itself)
- *   net:net_dev_queue      a frame queued for transmission on a port (the
- *                          bridge's forwarding decision, seen from the far side)
+ * Hooks: one of two sets, chosen by tracer/probes.py (hook "ports") and
+ * selected here by PORT_HOOK_TCX:
  *
- * Per packet, the common case (not a watched device) costs one array lookup.
+ *   tcx (kernel >= 6.6)    port_ingress / port_egress, sched_cls programs that
+ *                          tracer/loader.py links (BPF_LINK_CREATE, attach
+ *                          types BPF_TCX_INGRESS/EGRESS) to the bridge and each
+ *                          of its ports, and to nothing else: no other device
+ *                          of the host runs them, and the frame is read in place
+ *                          (direct packet access, no helper call). A link lives
+ *                          as long as brtrace's file descriptor, so no exit,
+ *                          SIGKILL included, leaves one behind. They return
+ *                          TCX_NEXT: whatever else is attached runs as before.
+ *   raw tracepoints        net:netif_receive_skb (a frame entering a port, or,
+ *                          via br_pass_frame_up(), the bridge device itself)
+ *                          and net:net_dev_queue (a frame queued on a device).
+ *                          They run for every device of the host, so each
+ *                          first asks watched() (common.bpf.h).
+ *
+ * Both see a frame at the same two points: tc ingress runs in
+ * __netif_receive_skb_core() before the bridge's rx_handler (br_handle_frame()),
+ * tc egress in __dev_queue_xmit() just before trace_net_dev_queue().
+ *
  * For watched ports: per-slot counters in a per-CPU array; an own-address
  * check behind a 256-entry prefilter; and, for flooded frames only
- * (broadcast/multicast destination), a fingerprint in an LRU hash that tells
- * a frame coming back (loop or reflecting port) from a new one.
+ * (broadcast/multicast destination), a fingerprint in a direct-mapped array
+ * that tells a frame coming back (loop or reflecting port) from a new one.
  *
  * Which frame went where is `brtrace trace`'s job (trace.bpf.c, filtered
  * in the kernel): these hooks run for every frame, so they keep only what
  * the views show, per port.
  */
 #include "common.bpf.h"
+
+#define ETH_HLEN_ 14
+#define ARP_FRAME_LEN 42   /* Ethernet + ARP for IPv4, unpadded (what Linux sends) */
+#define TCX_NEXT_ (-1)     /* enum tcx_action_base (6.6 uapi): run the next program */
 
 BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
 
@@ -29,21 +47,76 @@ BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
 BPF_HASH(own_macs, __u64, __u32, 1024);
 BPF_ARRAY(own_mac_lo, __u32, 256);
 
+/* A flooded frame, by fingerprint: slot fp & (FLOOD_KEYS_MAX - 1), tagged
+ * with the whole fingerprint. Entries are shared by all CPUs and written
+ * without a lock: two CPUs flooding two frames of one slot in the same
+ * instant may mix their entries, which costs at most one frame's verdict. */
 struct flood_seen {
+	__u64 fp;
 	__u64 ts_ns;
 	__u64 out_mask[MAX_PORTS / 64]; /* slots it left through */
 	__u32 in_slot;                   /* where it first entered (0: the bridge) */
 	__u32 in_ifindex;
 };
-BPF_TABLE("lru_hash", __u64, struct flood_seen, flood_fingerprints, FLOOD_KEYS_MAX);
+BPF_ARRAY(flood_fingerprints, struct flood_seen, FLOOD_KEYS_MAX);
 
-/* ARP on the wire, per IPv4 address asked for or claimed (bounded LRU). */
-BPF_TABLE("lru_hash", __u32, struct arp_target, arp_targets, ARP_TARGETS_MAX);
+/* ARP on the wire, per IPv4 address asked for or claimed (brtrace.h). */
+BPF_ARRAY(arp_targets, struct arp_target, ARP_TARGETS_MAX);
+
+/* A frame on a watched device, in one direction. */
+struct hit {
+	__u32 watch;      /* watch value */
+	__u32 slot;
+	__u32 ifindex;
+	__u32 wire;       /* frame size from the MAC header */
+	__u64 now;        /* 0 until hit_now() */
+	struct port_ctrs *pc;  /* this CPU's counters of the port */
+#if PORT_HOOK_TCX
+	struct __sk_buff *skb;
+#else
+	const void *start;     /* the frame in kernel memory */
+#endif
+};
+
+/* The time, read once per frame and only on the paths that need it (ARP
+ * claims, flooded frames, records): bpf_ktime_get_ns() costs as much as the
+ * rest of a unicast frame's work. tcx programs use the coarse clock (tick
+ * resolution, no clocksource read; the verifier refuses it to tracing
+ * programs), fine for a LOOP_WINDOW_NS of 200 ms and per-second rate limits. */
+static __always_inline __u64 hit_now(struct hit *h)
+{
+	if (!h->now) {
+#if PORT_HOOK_TCX
+		h->now = bpf_ktime_get_coarse_ns();
+#else
+		h->now = bpf_ktime_get_ns();
+#endif
+	}
+	return h->now;
+}
 
 static __always_inline void count(struct port_ctrs *pc, int counter, __u64 n)
 {
 	if (pc)
 		pc->c[counter] += n;
+}
+
+/* The first `n` (1..size) bytes of the frame into `dst`. */
+static __always_inline int copy_frame(const struct hit *h, void *dst, __u32 n, __u32 size)
+{
+#if PORT_HOOK_TCX
+	/* bpf_skb_load_bytes() wants a length the verifier can bound to
+	 * [1, size]; a frame shorter than size (a 42-byte ARP) is copied whole. */
+	if (n > size)
+		n = size;
+	if (n < 1)
+		return -1;
+	return bpf_skb_load_bytes(h->skb, 0, dst, n);
+#else
+	/* A kernel read may run past a short frame into its buffer's tailroom:
+	 * harmless, and the length saying what is valid travels beside it. */
+	return bpf_probe_read_kernel(dst, size, h->start);
+#endif
 }
 
 /* A 64-bit mix over the frame's first FINGERPRINT_BYTES, never past its end:
@@ -70,20 +143,19 @@ static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
 	return h ^ (__u64)n;
 }
 
-static __always_inline void frame_event(int kind, __u32 ifindex, const void *start, __u32 wire,
-					__u16 how, __u32 first_ifindex, __u64 now)
+static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u32 first_ifindex)
 {
-	struct frame_event *ev = event_reserve(kind, sizeof(struct frame_event), now);
+	struct frame_event *ev = event_reserve(kind, sizeof(struct frame_event), hit_now(h));
 	if (!ev)
 		return;
 	ev->kind = kind;
 	ev->how = how;
-	ev->ifindex = ifindex;
-	ev->wire_len = wire;
+	ev->ifindex = h->ifindex;
+	ev->wire_len = h->wire;
 	ev->first_ifindex = first_ifindex;
-	ev->ts_ns = now;
-	ev->frame_len = wire < FRAME_BYTES ? wire : FRAME_BYTES;
-	if (bpf_probe_read_kernel(ev->frame, FRAME_BYTES, start) != 0)
+	ev->ts_ns = h->now;
+	ev->frame_len = h->wire < FRAME_BYTES ? h->wire : FRAME_BYTES;
+	if (copy_frame(h, ev->frame, h->wire, FRAME_BYTES) != 0)
 		ev->frame_len = 0;
 	event_submit(kind, ev);
 }
@@ -105,11 +177,50 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 	       a[5] == b[5];
 }
 
+static __always_inline int is_arp(const __u8 *buf)
+{
+	return buf[12] == 0x08 && buf[13] == 0x06;
+}
+
+/* The entry of IPv4 address `ip` (never 0), made if missing: its set's way
+ * that holds it, else an empty way, else the least used one, reset. Two CPUs
+ * making one new address at once may give it two ways; userspace adds them. */
+static __always_inline struct arp_target *arp_entry(__u32 ip)
+{
+	if (!ip)
+		return NULL;  /* 0 marks an empty way */
+	__u32 base = ((ip * 2654435761U) >> 16) % (ARP_TARGETS_MAX / ARP_WAYS) * ARP_WAYS;
+	struct arp_target *victim = NULL;
+	__u64 least = ~0ULL;
+#pragma unroll
+	for (int w = 0; w < ARP_WAYS; w++) {
+		__u32 idx = base + w;
+		struct arp_target *e = arp_targets.lookup(&idx);
+		if (!e)
+			continue;
+		if (e->ip == ip)
+			return e;
+		__u64 used = e->ip ? e->requests + e->replies + 1 : 0;
+		if (used < least) {
+			least = used;
+			victim = e;
+		}
+	}
+	if (!victim)
+		return NULL;
+	if (victim->ip)
+		stat_inc(STAT_ARP_EVICTED);
+	__builtin_memset(victim, 0, sizeof(*victim));
+	victim->ip = ip;
+	return victim;
+}
+
 /* An untagged Ethernet ARP frame for IPv4 (RFC 826 offsets from the frame
- * start: op 20, sender MAC 22, sender IP 28, target IP 38). Requests count
- * against the target IP; replies and gratuitous ARPs are claims of the sender
- * IP, and a claim by a second MAC is a conflict. */
-static __always_inline void arp_seen(__u32 slot, struct port_ctrs *pc, const __u8 *buf, __u64 now)
+ * start: op 20, sender MAC 22, sender IP 28, target IP 38; `buf` holds
+ * ARP_FRAME_LEN bytes). Requests count against the target IP; replies and
+ * gratuitous ARPs are claims of the sender IP, and a claim by a second MAC
+ * is a conflict. */
+static __always_inline void arp_seen(__u32 slot, struct port_ctrs *pc, const __u8 *buf)
 {
 	if (buf[14] != 0 || buf[15] != 1 || buf[16] != 0x08 || buf[17] != 0x00 ||
 	    buf[18] != 6 || buf[19] != 4 || buf[20] != 0)
@@ -129,175 +240,283 @@ static __always_inline void arp_seen(__u32 slot, struct port_ctrs *pc, const __u
 		return;
 	}
 	if (op == 1 && !gratuitous) {
-		struct arp_target *t = arp_targets.lookup(&tpa);
-		if (!t) {
-			struct arp_target fresh = {};
-			arp_targets.update(&tpa, &fresh);
-			t = arp_targets.lookup(&tpa);
-			if (!t)
-				return;
-		}
+		struct arp_target *t = arp_entry(tpa);
+		if (!t)
+			return;
 		__sync_fetch_and_add(&t->requests, 1);
-		t->last_request_ns = now;
 		t->asker_slot = slot;
 		return;
 	}
 	if (!spa)
 		return;  /* ARP probe (RFC 5227): claims nothing yet */
-	struct arp_target *c = arp_targets.lookup(&spa);
-	if (!c) {
-		struct arp_target fresh = {};
-		__builtin_memcpy(fresh.mac, buf + 22, 6);
-		fresh.replies = 1;
-		fresh.claimer_slot = slot;
-		arp_targets.update(&spa, &fresh);
+	__u8 sha[6];
+	__builtin_memcpy(sha, buf + 22, 6);
+	struct arp_target *c = arp_entry(spa);
+	if (!c)
 		return;
-	}
 	__sync_fetch_and_add(&c->replies, 1);
 	const __u8 zero[6] = {};
 	if (same_mac(c->mac, zero)) {
-		__builtin_memcpy(c->mac, buf + 22, 6);
+		__builtin_memcpy(c->mac, sha, 6);
 		c->claimer_slot = slot;
-	} else if (!same_mac(c->mac, buf + 22)) {
+	} else if (!same_mac(c->mac, sha)) {
 		__sync_fetch_and_add(&c->conflicts, 1);
-		__builtin_memcpy(c->other_mac, buf + 22, 6);
+		__builtin_memcpy(c->other_mac, sha, 6);
 		c->other_slot = slot;
 	}
 }
 
-/* A flooded frame entering the bridge: new, or back again? */
-static __always_inline void flood_ingress(__u32 slot, struct port_ctrs *pc, __u32 ifindex,
-					  const void *start, __u32 wire, const __u64 *words, int is_arp,
-					  __u64 now)
+static __always_inline struct flood_seen *flood_slot(__u64 fp)
 {
-	__u64 fp = fingerprint(words, wire);
-	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
+	__u32 idx = (__u32)fp & (FLOOD_KEYS_MAX - 1);
+	return flood_fingerprints.lookup(&idx);
+}
+
+/* A flooded frame entering the bridge: new, or back again? */
+static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int arp)
+{
+	__u64 now = hit_now(h);
+	__u64 fp = fingerprint(words, h->wire);
+	struct flood_seen *seen = flood_slot(fp);
+	if (!seen)
+		return;
+	__u32 slot = h->slot;
 	/* A copy entering through the port the frame first came in by is that
 	 * host repeating itself (GARP bursts, retransmits): the bridge never sends
 	 * a frame back out of its ingress port, so no loop returns it there. */
-	if (seen && now - seen->ts_ns < LOOP_WINDOW_NS && slot != seen->in_slot &&
+	if (seen->fp == fp && now - seen->ts_ns < LOOP_WINDOW_NS && slot != seen->in_slot &&
 	    (seen->out_mask[0] | seen->out_mask[1])) {
 		__u64 bit = 1ULL << (slot & 63);
 		__u64 mask = slot < 64 ? seen->out_mask[0] : seen->out_mask[1];
 		/* 1: it left through this very port; 2: it left elsewhere, came back here */
 		__u16 how = (mask & bit) ? 1 : 2;
-		count(pc, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
-		if (is_arp)
-			count(pc, PC_ARP_DUPLICATES, 1);
-		frame_event(EVENT_LOOP, ifindex, start, wire, how, seen->in_ifindex, now);
+		count(h->pc, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
+		if (arp)
+			count(h->pc, PC_ARP_DUPLICATES, 1);
+		frame_event(EVENT_LOOP, h, how, seen->in_ifindex);
 		seen->ts_ns = now;
 		return;
 	}
 	/* New (or a host repeating itself on its own port): remember where it entered. */
-	struct flood_seen fresh = {};
-	fresh.ts_ns = now;
-	fresh.in_slot = slot;
-	fresh.in_ifindex = ifindex;
-	flood_fingerprints.update(&fp, &fresh);
+	seen->fp = fp;
+	seen->ts_ns = now;
+	seen->out_mask[0] = 0;
+	seen->out_mask[1] = 0;
+	seen->in_slot = slot;
+	seen->in_ifindex = h->ifindex;
 }
 
-/* A frame on a watched device, in one direction. */
-struct hit {
-	__u32 watch;      /* watch value (0: not ours) */
-	__u32 slot;
-	__u32 ifindex;
-	__u32 wire;       /* frame size from the MAC header */
-	const void *start;
-	__u64 now;
-	struct port_ctrs *pc;  /* this CPU's counters of the port */
-};
-
-/* The shared first steps of both hooks: is the device ours, and count the
- * frame in `packets` and `packets + 1` (the matching bytes counter). */
-static __always_inline int port_hit(const void *skb, int packets, struct hit *h)
+/* A flooded frame leaving through a port: note the port on its entry. */
+static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 {
-	h->watch = watched((const void *)read_u64(skb + SKB_DEV_OFF), &h->ifindex);
-	if (!h->watch)
-		return 0;
+	__u64 fp = fingerprint(words, h->wire);
+	struct flood_seen *seen = flood_slot(fp);
+	if (!seen)
+		return;
+	if (seen->fp != fp) {
+		/* not seen entering: the bridge itself sent it (br_dev_xmit()) */
+		seen->fp = fp;
+		seen->ts_ns = hit_now(h);
+		seen->out_mask[0] = 0;
+		seen->out_mask[1] = 0;
+		seen->in_slot = 0;
+		seen->in_ifindex = 0;
+	}
+	/* Not atomic: br_flood() clones the frame to one port after the other
+	 * on one CPU, so the writers of one entry take turns. */
+	__u32 slot = h->slot;
+	if (slot < 64)
+		seen->out_mask[0] |= 1ULL << slot;
+	else
+		seen->out_mask[1] |= 1ULL << (slot - 64);
+}
+
+/* Count the frame in `packets` and `packets + 1` (the matching bytes counter). */
+static __always_inline void hit_count(struct hit *h, int packets)
+{
 	h->slot = (h->watch >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);
-	h->now = bpf_ktime_get_ns();
-	h->start = frame_start(skb, &h->wire);
 	__u32 slot = h->slot;
 	h->pc = port_counters.lookup(&slot);
 	count(h->pc, packets, 1);
 	count(h->pc, packets + 1, h->wire);
+}
+
+/* A frame entering a port; `buf` holds its first ETH_HLEN_ bytes, and
+ * ARP_FRAME_LEN when arp_ok. Returns 1 when it is flooded (its destination
+ * is a group address), so the caller fingerprints it. */
+static __always_inline int rx_frame(struct hit *h, const __u8 *buf, int arp_ok)
+{
+	if (is_arp(buf)) {
+		count(h->pc, PC_RX_ARP, 1);
+		if (arp_ok)
+			arp_seen(h->slot, h->pc, buf);
+	}
+	if (is_own_mac(buf + 6)) {
+		/* br_fdb_update() would log "received packet on X with own address
+		 * as source address" (rate-limited); this is the exact count. */
+		count(h->pc, PC_ECHOES, 1);
+		frame_event(EVENT_ECHO, h, 0, 0);
+	}
+	if (!(buf[0] & 1))
+		return 0;  /* unicast: no fingerprint needed */
+	if ((buf[0] & buf[1] & buf[2] & buf[3] & buf[4] & buf[5]) == 0xff)
+		count(h->pc, PC_RX_BROADCAST, 1);
+	else
+		count(h->pc, PC_RX_MULTICAST, 1);
+	return 1;
+}
+
+/* The host's own stack sends through the bridge (br_dev_xmit()). Its ARP
+ * replies answer requests seen on the ports, so they count as claims. */
+static __always_inline void bridge_tx(struct hit *h, const __u8 *buf)
+{
+	if (is_arp(buf))
+		arp_seen(0, h->pc, buf);
+}
+
+#if PORT_HOOK_TCX
+
+/* The frame's first FINGERPRINT_BYTES into `words` (zero past its end), in
+ * place where it is linear: a short frame (a 42-byte ARP request) word by
+ * word, its last partial word cut from the 8 bytes that end the frame. */
+static __always_inline int tc_words(struct __sk_buff *skb, __u64 *words)
+{
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const void *end = (const void *)(long)skb->data_end;
+	if ((const void *)(data + FINGERPRINT_BYTES) <= end) {
+		__builtin_memcpy(words, data, FINGERPRINT_BYTES);
+		return 0;
+	}
+	__u32 len = skb->len;
+	if (len >= FINGERPRINT_BYTES)
+		return bpf_skb_load_bytes(skb, 0, words, FINGERPRINT_BYTES);  /* not linear */
+#pragma unroll
+	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
+		if ((const void *)(data + (i + 1) * 8) <= end)
+			__builtin_memcpy(&words[i], data + i * 8, 8);
+	__u32 rem = len & 7;
+	if (rem && len >= 8) {
+		const __u8 *p = data + ((len - 8) & (FINGERPRINT_BYTES - 1));
+		if ((const void *)(p + 8) <= end) {
+			__u64 tail;
+			__builtin_memcpy(&tail, p, 8);
+			tail >>= (8 - rem) * 8;   /* bytes (len & ~7) .. len - 1, little-endian */
+			__u32 last = len >> 3;
+#pragma unroll
+			for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
+				if (i == last)
+					words[i] = tail;
+		}
+	}
+	return 0;
+}
+
+/* Shared start of both programs: the device is ours by construction (the
+ * program is linked to it), its slot comes from the watch array. */
+static __always_inline int tc_hit(struct __sk_buff *skb, int packets, struct hit *h)
+{
+	__u32 ifindex = skb->ifindex;
+	if (ifindex >= WATCH_SLOTS)
+		return 0;
+	struct watch_entry *e = watch.lookup(&ifindex);
+	if (!e || !e->value)
+		return 0;  /* linked, but no longer watched (a port that is leaving) */
+	h->watch = e->value;
+	h->ifindex = ifindex;
+	h->wire = skb->len;
+	h->skb = skb;
+	hit_count(h, packets);
+	return 1;
+}
+
+int port_ingress(struct __sk_buff *skb)
+{
+	struct hit h = {};
+	if (!tc_hit(skb, PC_RX_PACKETS, &h) || (h.watch & WATCH_BRIDGE))
+		return TCX_NEXT_;  /* the bridge's own ingress: br_pass_frame_up() */
+	const __u8 *buf = (const __u8 *)(long)skb->data;
+	const void *end = (const void *)(long)skb->data_end;
+	if ((const void *)(buf + ETH_HLEN_) > end)
+		return TCX_NEXT_;  /* header not in the linear area: counted only */
+	int flooded;
+	if ((const void *)(buf + ARP_FRAME_LEN) <= end)
+		flooded = rx_frame(&h, buf, 1);
+	else
+		flooded = rx_frame(&h, buf, 0);
+	if (flooded) {
+		__u64 words[FINGERPRINT_BYTES / 8] = {};
+		if (tc_words(skb, words) == 0)
+			flood_ingress(&h, words, is_arp((const __u8 *)words));
+	}
+	return TCX_NEXT_;
+}
+
+int port_egress(struct __sk_buff *skb)
+{
+	struct hit h = {};
+	if (!tc_hit(skb, PC_TX_PACKETS, &h))
+		return TCX_NEXT_;
+	const __u8 *buf = (const __u8 *)(long)skb->data;
+	const void *end = (const void *)(long)skb->data_end;
+	if ((const void *)(buf + ETH_HLEN_) > end)
+		return TCX_NEXT_;
+	if (h.watch & WATCH_BRIDGE) {
+		if ((const void *)(buf + ARP_FRAME_LEN) <= end)
+			bridge_tx(&h, buf);
+		return TCX_NEXT_;
+	}
+	if (!(buf[0] & 1))
+		return TCX_NEXT_;  /* unicast (I/G bit of the first byte clear): no fingerprint */
+	__u64 words[FINGERPRINT_BYTES / 8] = {};
+	if (tc_words(skb, words) == 0)
+		flood_egress(&h, words);
+	return TCX_NEXT_;
+}
+
+#else /* raw tracepoints */
+
+/* Shared start of both hooks: is the device ours, and count the frame. */
+static __always_inline int tp_hit(const void *skb, int packets, struct hit *h)
+{
+	h->watch = watched((const void *)read_u64(skb + SKB_DEV_OFF), &h->ifindex);
+	if (!h->watch)
+		return 0;
+	h->start = frame_start(skb, &h->wire);
+	hit_count(h, packets);
 	return 1;
 }
 
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
 	struct hit h = {};
-	if (!port_hit((const void *)ctx->args[ARG_RX_SKB], PC_RX_PACKETS, &h))
+	if (!tp_hit((const void *)ctx->args[ARG_RX_SKB], PC_RX_PACKETS, &h))
 		return 0;
-	__u32 w = h.watch, slot = h.slot, ifindex = h.ifindex, wire = h.wire;
-	const void *start = h.start;
-	__u64 now = h.now;
-	if (w & WATCH_BRIDGE)
+	if (h.watch & WATCH_BRIDGE)
 		return 0;  /* br_pass_frame_up(): delivered to the bridge's own stack */
-
 	__u64 words[FINGERPRINT_BYTES / 8] = {};
-	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0)
+	if (bpf_probe_read_kernel(words, sizeof(words), h.start) != 0)
 		return 0;
 	const __u8 *buf = (const __u8 *)words;
-	int is_arp = buf[12] == 0x08 && buf[13] == 0x06;
-	if (is_arp) {
-		count(h.pc, PC_RX_ARP, 1);
-		arp_seen(slot, h.pc, buf, now);
-	}
-	if (is_own_mac(buf + 6)) {
-		/* br_fdb_update() would log "received packet on X with own address
-		 * as source address" (rate-limited); this is the exact count. */
-		count(h.pc, PC_ECHOES, 1);
-		frame_event(EVENT_ECHO, ifindex, start, wire, 0, 0, now);
-	}
-	if (!(buf[0] & 1))
-		return 0;  /* unicast: no fingerprint needed */
-	if ((buf[0] & buf[1] & buf[2] & buf[3] & buf[4] & buf[5]) == 0xff)
-		count(h.pc, PC_RX_BROADCAST, 1);
-	else
-		count(h.pc, PC_RX_MULTICAST, 1);
-	flood_ingress(slot, h.pc, ifindex, start, wire, words, is_arp, now);
+	if (rx_frame(&h, buf, 1))
+		flood_ingress(&h, words, is_arp(buf));
 	return 0;
 }
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
 	struct hit h = {};
-	if (!port_hit((const void *)ctx->args[ARG_TX_SKB], PC_TX_PACKETS, &h))
+	if (!tp_hit((const void *)ctx->args[ARG_TX_SKB], PC_TX_PACKETS, &h))
 		return 0;
-	__u32 w = h.watch, slot = h.slot, wire = h.wire;
-	const void *start = h.start;
-	__u64 now = h.now;
-
-	if (w & WATCH_BRIDGE) {
-		/* The host's own stack sends through the bridge (br_dev_xmit()).
-		 * Its ARP replies answer requests seen on the ports, so they count
-		 * as claims. */
-		__u64 arp[FINGERPRINT_BYTES / 8] = {};
-		if (bpf_probe_read_kernel(arp, sizeof(arp), start) == 0) {
-			const __u8 *b = (const __u8 *)arp;
-			if (b[12] == 0x08 && b[13] == 0x06)
-				arp_seen(0, h.pc, b, now);
-		}
-		return 0;
-	}
 	__u64 words[FINGERPRINT_BYTES / 8] = {};
-	if (bpf_probe_read_kernel(words, sizeof(words), start) != 0 || !(words[0] & 1))
-		return 0;  /* unicast (I/G bit of the first byte clear): no fingerprint */
-	__u64 fp = fingerprint(words, wire);
-	struct flood_seen *seen = flood_fingerprints.lookup(&fp);
-	if (!seen) {
-		struct flood_seen fresh = {};
-		fresh.ts_ns = now;
-		fresh.in_slot = 0;  /* not seen entering: the bridge itself sent it */
-		flood_fingerprints.update(&fp, &fresh);
-		seen = flood_fingerprints.lookup(&fp);
-		if (!seen)
-			return 0;
+	if (bpf_probe_read_kernel(words, sizeof(words), h.start) != 0)
+		return 0;
+	if (h.watch & WATCH_BRIDGE) {
+		bridge_tx(&h, (const __u8 *)words);
+		return 0;
 	}
-	if (slot < 64)
-		__sync_fetch_and_or(&seen->out_mask[0], 1ULL << slot);
-	else
-		__sync_fetch_and_or(&seen->out_mask[1], 1ULL << (slot - 64));
+	if (words[0] & 1)  /* a group destination (I/G bit of the first byte) */
+		flood_egress(&h, words);
 	return 0;
 }
+
+#endif

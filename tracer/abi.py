@@ -33,8 +33,6 @@ class WatchEntry(ctypes.Structure):
     _fields_ = [
         ("value", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
-        ("dev", ctypes.c_uint64),
-        ("other", ctypes.c_uint64),
     ]
 
 
@@ -111,10 +109,11 @@ class FrameEvent(ctypes.Structure):
 
 class ArpTarget(ctypes.Structure):
     _fields_ = [
+        ("ip", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("requests", ctypes.c_uint64),
         ("replies", ctypes.c_uint64),
         ("conflicts", ctypes.c_uint64),
-        ("last_request_ns", ctypes.c_uint64),
         ("mac", ctypes.c_uint8 * 6),
         ("other_mac", ctypes.c_uint8 * 6),
         ("asker_slot", ctypes.c_uint32),

@@ -471,46 +471,50 @@ def other_cpu_seconds(before: Dict[int, int], after: Dict[int, int]) -> float:
 # BPF run-time statistics (opt-in: they cost two clock reads per program run)
 # --------------------------------------------------------------------------
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
-
-
 def enable_bpf_stats() -> int:
     """Hold the kernel's BPF run-time statistics on (run_time_ns/run_cnt in
     fdinfo) until the returned fd is closed: scoped, unlike the sysctl."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(f"no bpf syscall number known for {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    attr = (ctypes.c_uint8 * 16)()
-    ctypes.c_uint32.from_buffer(attr, 0).value = BPF_STATS_RUN_TIME
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(BPF_ENABLE_STATS), attr, ctypes.c_uint(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+    from tracer.kernel.bpfsys import enable_stats  # noqa: PLC0415
+    return enable_stats()
 
 
 # --------------------------------------------------------------------------
 # the floor: a counting-only BPF program (run as a child: python -m tracer.bench --floor-child)
 # --------------------------------------------------------------------------
 
-def floor_source(tracepoints: Sequence[str]) -> str:
-    """C text: each raw tracepoint increments its own slot of a per-CPU array."""
-    body = ["BPF_PERCPU_ARRAY(hits, u64, %d);" % max(1, len(tracepoints))]
+def floor_source(tracepoints: Sequence[str], tcx: bool = False) -> str:
+    """C text: each raw tracepoint increments its own slot of a per-CPU array;
+    with tcx, two sched_cls programs (floor_ingress, floor_egress) the next two."""
+    slots = len(tracepoints) + (2 if tcx else 0)
+    body = ["BPF_PERCPU_ARRAY(hits, u64, %d);" % max(1, slots)]
     for i, tp in enumerate(tracepoints):
         if not tp.replace("_", "").isalnum():
             raise ValueError(f"bad tracepoint name {tp!r}")
         body.append("RAW_TRACEPOINT_PROBE(%s)\n{\n\tint k = %d;\n\tu64 *v = hits.lookup(&k);\n"
                     "\tif (v)\n\t\t*v += 1;\n\treturn 0;\n}" % (tp, i))
+    if tcx:
+        for i, d in enumerate(("ingress", "egress"), start=len(tracepoints)):
+            body.append("int floor_%s(struct __sk_buff *skb)\n{\n\tint k = %d;\n\tu64 *v = "
+                        "hits.lookup(&k);\n\tif (v)\n\t\t*v += 1;\n\treturn -1; /* TCX_NEXT */\n}"
+                        % (d, i))
     return "\n".join(body) + "\n"
 
 
-def floor_child(tracepoints: List[str], ready_file: str, hold: float) -> int:
+def parse_tcx_spec(spec: Optional[str]) -> Optional[tuple]:
+    """"NETNS_PATH:IFINDEX,IFINDEX" -> (path, [ifindex, ...]); None for none."""
+    if not spec:
+        return None
+    path, _, ifindexes = spec.rpartition(":")
+    return path, [int(i) for i in ifindexes.split(",") if i]
+
+
+def floor_child(tracepoints: List[str], ready_file: str, hold: float, tcx_spec: Optional[str] = None) -> int:
     """Load the floor program, write READY_FILE, wait for SIGTERM (or `hold`
-    seconds), print {"hits": {tracepoint: n}} and detach."""
+    seconds), print {"hits": {hook: n}} and detach. With tcx_spec, its two tc
+    programs are linked to those devices like brtrace's port programs."""
+    from tracer.kernel.btf import Btf
     from tracer.kernel.headers import bcc_kernel_source
+    from tracer.kernel.tcx import DIRECTIONS, TcxLinks, attach_types
     headers, _note = bcc_kernel_source()
     if headers is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
@@ -519,17 +523,30 @@ def floor_child(tracepoints: List[str], ready_file: str, hold: float) -> int:
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    b = bcc.BPF(text=floor_source(tracepoints))
+    tcx = parse_tcx_spec(tcx_spec)
+    tracepoints = [tp for tp in tracepoints if tp]
+    b = bcc.BPF(text=floor_source(tracepoints, tcx=tcx is not None))
+    links = None
+    hooks = list(tracepoints)
     try:
+        if tcx is not None:
+            with Btf() as btf:
+                types = attach_types(btf)
+            fds = {d: b.load_func(f"floor_{d}", bcc.BPF.SCHED_CLS).fd for d in DIRECTIONS}
+            links = TcxLinks(fds, types, tcx[0])
+            links.sync(tcx[1])
+            hooks += [f"tcx_{d}" for d in DIRECTIONS]
         with open(ready_file, "w") as f:
             f.write(f"{os.getpid()}\n")
         end = time.monotonic() + hold
         while not stop and time.monotonic() < end:
             time.sleep(0.05)
         table = b["hits"]
-        hits = {tp: sum(table[ctypes.c_int(i)]) for i, tp in enumerate(tracepoints)}
+        hits = {hook: sum(table[ctypes.c_int(i)]) for i, hook in enumerate(hooks)}
         print(json.dumps({"kind": "floor", "hits": hits}), flush=True)
     finally:
+        if links is not None:
+            links.close()
         b.cleanup()
     return 0
 
@@ -781,8 +798,10 @@ def free_loopback_port() -> int:
 
 
 def summary_tracepoints(summary: Optional[dict]) -> Optional[tuple]:
-    """Raw tracepoints a view attached, from its summary's `probes`
-    ("raw_tracepoint:a+b"); None if it used anything else or did not say."""
+    """Hooks a view attached, from its summary's `probes`: the raw tracepoints
+    ("raw_tracepoint:a+b"), plus "tcx" when its port programs were linked with
+    tcx. None if it used anything else (kprobes) or did not say. A
+    "reconstructed" hook attaches nothing of its own."""
     if not summary or not summary.get("probes"):
         return None
     out = []
@@ -790,6 +809,12 @@ def summary_tracepoints(summary: Optional[dict]) -> Optional[tuple]:
         if probe is None:
             continue
         mechanism, _, target = probe.partition(":")
+        if mechanism == "reconstructed":
+            continue
+        if mechanism == "tcx":
+            if "tcx" not in out:
+                out.append("tcx")
+            continue
         if mechanism != "raw_tracepoint":
             return None
         out.extend(t for t in target.split("+") if t not in out)
@@ -1011,8 +1036,13 @@ class Bench:
     def tracer_argv(self, config: str, floor_tps: Optional[tuple]) -> List[str]:
         hold = str(self.args.window + WARMUP + TAIL + SETTLE + 120)
         if config.startswith("floor:"):
-            return [sys.executable, "-m", "tracer.bench", "--floor-child", ",".join(floor_tps),
-                    "--hold", hold]
+            argv = [sys.executable, "-m", "tracer.bench", "--floor-child",
+                    ",".join(t for t in floor_tps if t != "tcx"), "--hold", hold]
+            if "tcx" in floor_tps:
+                # the same devices brtrace links its port programs to
+                argv += ["--floor-tcx", "%s:%s" % (labmod.netns_path(self.lab.bridge_ns),
+                                                   ",".join(map(str, self.lab.bridge_ifindexes())))]
+            return argv
         spec = VIEWS[config]
         argv = [str(BRTRACE), spec.name, "--bridge", self.lab.bridge, "--netns", self.lab.bridge_ns,
                 "--interval", str(self.args.interval), "--duration", hold]
@@ -1179,6 +1209,7 @@ def parse_args(argv=None):
     ap.add_argument("--json-only", action="store_true", help="print only the JSON summary line")
     # internal: the floor program, run as a child
     ap.add_argument("--floor-child", metavar="TP,TP", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-tcx", metavar="NETNS:IFINDEX,IFINDEX", help=argparse.SUPPRESS)
     ap.add_argument("--ready-file", help=argparse.SUPPRESS)
     ap.add_argument("--hold", type=float, default=300.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1198,7 +1229,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.floor_child:
-        return floor_child(args.floor_child.split(","), args.ready_file, args.hold)
+        return floor_child(args.floor_child.split(","), args.ready_file, args.hold, args.floor_tcx)
     if os.geteuid() != 0:
         print("bench: needs root (run scripts/bench, which re-runs under sudo)", file=sys.stderr)
         return 1

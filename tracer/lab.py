@@ -109,6 +109,10 @@ def netns_inode(name: str) -> int:
     return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
 
 
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
 def netns_exists(name: str) -> bool:
     """True if `ip netns` knows NAME (its bind mount exists)."""
     return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
@@ -918,6 +922,13 @@ class Lab:
 
     def netns_inode(self, name: str) -> int:
         return netns_inode(name)
+
+    def bridge_ifindexes(self) -> List[int]:
+        """The bridge and its ports, by ifindex in the bridge's namespace."""
+        import json
+        links = json.loads(run(["ip", "-n", self.bridge_ns, "-j", "link", "show"]).stdout)
+        return sorted(l["ifindex"] for l in links
+                      if l.get("ifname") == self.bridge or l.get("master") == self.bridge)
 
     # ---- cleanup --------------------------------------------------------
     def cleanup(self) -> None:

@@ -17,6 +17,7 @@ from tracer import abi
 from tracer.errors import BrtraceError, KernelFeatureError
 from tracer.kernel.btf import Btf
 from tracer.kernel.headers import bcc_kernel_source
+from tracer.kernel.tcx import DIRECTIONS, TcxLinks
 
 # (define, struct, member path): every kernel memory read the BPF side makes.
 # common.bpf.h's reads come first; each hook group adds its own.
@@ -165,9 +166,14 @@ def _release_compiler_heap() -> None:
 
 
 class Session:
-    """One compiled, attached BPF object. close() detaches everything."""
+    """One compiled, attached BPF object. close() detaches everything.
 
-    def __init__(self, program: Program):
+    tcx: (attach types, netns path or None) when forward.bpf.c was built with
+    PORT_HOOK_TCX: its port programs are then linked to every watched device
+    (set_watch) rather than attached to tracepoints by bcc."""
+
+    def __init__(self, program: Program, tcx=None):
+        self.tcx_links = None
         headers, self.headers_note = bcc_kernel_source()
         if headers is not None:
             os.environ["BCC_KERNEL_SOURCE"] = str(headers)
@@ -182,6 +188,16 @@ class Session:
                 f"could not load BPF program ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                 "run `brtrace doctor` to see what this kernel lacks") from exc
         self._events_open = False
+        if tcx is not None:
+            types, netns_path = tcx
+            try:
+                fds = {d: self.bpf.load_func(f"port_{d}", bcc.BPF.SCHED_CLS).fd for d in DIRECTIONS}
+            except Exception as exc:  # bcc raises bare Exception when the verifier refuses
+                self.close()
+                raise KernelFeatureError(
+                    f"could not load the tcx port programs ({str(exc).splitlines()[0] if str(exc) else exc})",
+                    "set BRTRACE_AVOID=tcx to use the tracepoint fallback, and run `brtrace doctor`") from exc
+            self.tcx_links = TcxLinks(fds, types, netns_path)
         _release_compiler_heap()
 
     # -- watch set ------------------------------------------------------------
@@ -199,17 +215,27 @@ class Session:
         table = self.bpf["watch"]
         slots = abi.CONST["WATCH_SLOTS"]
         current = getattr(self, "_watched", {})
-        # A fresh entry (dev/other zero) makes the BPF side verify the device's
-        # namespace again: done on every change, never needed otherwise.
+        changed = False
         for ifindex in set(current) - set(values_by_ifindex):
-            table[ctypes.c_int(ifindex)] = table.Leaf(0, 0, 0, 0)
+            table[ctypes.c_int(ifindex)] = table.Leaf(0, 0)
+            changed = True
         too_big = []
         for ifindex, value in values_by_ifindex.items():
             if ifindex >= slots:
                 too_big.append(ifindex)
             elif current.get(ifindex) != value:
-                table[ctypes.c_int(ifindex)] = table.Leaf(value, 0, 0, 0)
+                table[ctypes.c_int(ifindex)] = table.Leaf(value, 0)
+                changed = True
+        if changed:
+            # After the array: every CPU's cached verdicts (common.bpf.h
+            # watched()) are from an older generation now.
+            self._gen = getattr(self, "_gen", 0) + 1
+            self.bpf["watch_gen"][ctypes.c_int(0)] = ctypes.c_uint32(self._gen & 0xFFFFFFFF)
         self._watched = {i: v for i, v in values_by_ifindex.items() if i < slots}
+        if self.tcx_links is not None:
+            # A port that vanished before its link is simply not linked: the
+            # next refresh no longer lists it.
+            self.tcx_links.sync(self._watched)
         return too_big
 
     def set_own_macs(self, macs) -> None:
@@ -279,17 +305,31 @@ class Session:
         return {slot: sum(table[ctypes.c_int(slot)]) for slot in slots}
 
     def arp_targets(self) -> list[dict]:
-        """Every IPv4 address ARP asked for or claimed on the ports (bounded LRU)."""
+        """Every IPv4 address ARP asked for or claimed on the ports (a bounded
+        set-associative array: forward.bpf.c arp_entry()). One batched read;
+        an address that two CPUs entered at once in two ways is added up."""
         if not self.has_map("arp_targets"):
             return []
-        out = []
-        for key, t in self.bpf["arp_targets"].items():
-            out.append({"ip": socket.inet_ntoa(int(key.value).to_bytes(4, "little")),
-                        "requests": t.requests, "replies": t.replies, "conflicts": t.conflicts,
-                        "mac": _mac(t.mac), "other_mac": _mac(t.other_mac),
-                        "asker_slot": t.asker_slot, "claimer_slot": t.claimer_slot,
-                        "other_slot": t.other_slot})
-        return out
+        table = self.bpf["arp_targets"]
+        try:
+            entries = [t for _k, t in table.items_lookup_batch()]
+        except Exception:  # bcc raises bare Exception where the kernel has no batch ops
+            entries = list(table.values())
+        by_ip: dict = {}
+        for t in entries:
+            if not t.ip:
+                continue
+            rec = by_ip.get(t.ip)
+            if rec is None:
+                by_ip[t.ip] = {"ip": socket.inet_ntoa(int(t.ip).to_bytes(4, "little")),
+                               "requests": t.requests, "replies": t.replies, "conflicts": t.conflicts,
+                               "mac": _mac(t.mac), "other_mac": _mac(t.other_mac),
+                               "asker_slot": t.asker_slot, "claimer_slot": t.claimer_slot,
+                               "other_slot": t.other_slot}
+            else:
+                for key in ("requests", "replies", "conflicts"):
+                    rec[key] += getattr(t, key)
+        return list(by_ip.values())
 
     def neigh_entries(self) -> list[dict]:
         """Neighbour entries seen changing (bounded LRU), with transition counts."""
@@ -338,6 +378,9 @@ class Session:
             self.bpf.ring_buffer_poll(timeout_ms)
 
     def close(self) -> None:
+        links, self.tcx_links = getattr(self, "tcx_links", None), None
+        if links is not None:
+            links.close()
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()

@@ -141,7 +141,9 @@ class Monitor:
         near = lambda n, size: n >= size * 9 // 10  # noqa: E731
         capped = {
             "fdb_macs": near(len(st.macs), MAX_MACS) or out.get("fdb_keys_full", 0) > 0,
-            "arp_targets": near(len(st.arp), abi.CONST["ARP_TARGETS_MAX"]),
+            # a set-associative table displaces entries before it is full
+            "arp_targets": near(len(st.arp), abi.CONST["ARP_TARGETS_MAX"])
+                           or out.get("arp_evicted", 0) > 0,
             "neigh_entries": near(len(st.neigh), abi.CONST["NEIGH_KEYS_MAX"]),
             "drop_keys": out.get("drop_keys_full", 0) > 0,
         }

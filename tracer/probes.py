@@ -16,7 +16,7 @@ from tracer.kernel.features import Features, kernel_symbol_module
 
 @dataclass(frozen=True)
 class Candidate:
-    mechanism: str   # "fentry", "kprobe", "raw_tracepoint"
+    mechanism: str   # "fentry", "kprobe", "tcx", "raw_tracepoint", "reconstructed"
     target: str      # kernel functions or tracepoints, joined by "+"
     note: str = ""
     implemented: bool = True
@@ -41,13 +41,19 @@ HOOKS = (
     Hook("drops", "frames freed on the bridge and its ports, with the kernel's reason",
          required=True,
          candidates=(Candidate("raw_tracepoint", "kfree_skb"),)),
+    Hook("ports", "frames entering and leaving each port: counters, own-address echoes, "
+         "flood fingerprints", required=False,
+         candidates=(Candidate("tcx", "ingress+egress",
+                               "linked to the bridge and its ports only"),
+                     Candidate("raw_tracepoint", "netif_receive_skb+net_dev_queue",
+                               "run for every device of the host, filtered in the program"))),
     Hook("forward", "bridge forwarding decisions (ingress port, unicast/flood/local, egress)",
          required=False,
          candidates=(Candidate("fentry", "br_forward+br_flood+br_pass_frame_up",
                                implemented=False),
                      Candidate("kprobe", "br_forward+br_flood+br_pass_frame_up"),
-                     Candidate("raw_tracepoint", "netif_receive_skb+net_dev_queue",
-                               "reconstructed from ingress/egress tracepoints"))),
+                     Candidate("reconstructed", "ports+kfree_skb",
+                               "from the frames entering and leaving each port, and the frees"))),
     Hook("fdb", "FDB entries created or moved between ports (MAC flapping)",
          required=False,
          candidates=(Candidate("raw_tracepoint", "br_fdb_update"),)),
@@ -58,8 +64,23 @@ HOOKS = (
 )
 
 
+AVOID_ENV = "BRTRACE_AVOID"
+
+
+def avoided() -> set:
+    """Mechanisms the operator told brtrace not to use (BRTRACE_AVOID=tcx,kprobe):
+    to work around a kernel that misbehaves with one, and to test fallbacks."""
+    return {m.strip() for m in os.environ.get(AVOID_ENV, "").split(",") if m.strip()}
+
+
 def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:
     """Can candidate `c` attach on this kernel? (yes/no, and the reason)."""
+    if c.mechanism in avoided():
+        return False, f"skipped ({AVOID_ENV}={os.environ.get(AVOID_ENV)})"
+    if c.mechanism == "reconstructed":
+        return True, "available"
+    if c.mechanism == "tcx":
+        return (f.tcx, "available" if f.tcx else "kernel has no tcx (BPF_TCX_INGRESS, 6.6+)")
     if not c.implemented:
         # bcc 0.26 cannot attach fentry to module functions (the bridge is a
         # module on Debian-like kernels), and no kernel we test on offers

@@ -32,8 +32,8 @@ class Kernel:
 
     @classmethod
     def open(cls) -> "Kernel":
-        features = Features.probe()
         btf = Btf(btf_path())
+        features = Features.probe(btf)
         warnings = []
         root = tracefs_root()
         if root is None:

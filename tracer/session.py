@@ -14,7 +14,8 @@ from contextlib import contextmanager
 
 from tracer import abi
 from tracer.config import Config
-from tracer.errors import BridgeGone, UsageError
+from tracer.errors import BridgeGone, KernelFeatureError, UsageError
+from tracer.kernel.tcx import attach_types as tcx_attach_types
 from tracer.loader import Program, Session, kernel_defines
 from tracer.identity import identify
 from tracer.runtime import Kernel, require_root
@@ -22,7 +23,7 @@ from tracer.slots import SlotTable
 from tracer.topology import Topology, port_changes, resolve_netns
 
 
-HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "forward", "decide.bpf.c": "forward",
+HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "ports", "decide.bpf.c": "forward",
                   "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh", "trace.bpf.c": "drops"}
 
 
@@ -90,7 +91,10 @@ class BridgeRun:
         self.sources = sources
         # hook names (tracer/probes.py) these sources implement, for headers
         self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
+        if "forward.bpf.c" in sources:
+            self.hooks.add("forward")      # decisions reconstructed from the port hooks, or kprobes
         self.mode = None               # forward hook's mechanism, once open
+        self.port_hooks = None         # ports hook's mechanism (tcx, raw_tracepoint), once open
         self.extra_defines = {"ALL_NETNS": 0, "NEIGH_DROPS": 0, **(defines or {})}
         self.session: Session | None = None
         self.topo: Topology | None = None
@@ -116,14 +120,23 @@ class BridgeRun:
             # The bridge's own functions are hookable: add exact decisions.
             self.sources = self.sources + ("decide.bpf.c",)
         self.mode = forward.mechanism if forward and "forward.bpf.c" in self.sources else None
+        ports = self.kernel.choice("ports").picked
+        if "forward.bpf.c" in self.sources:
+            if ports is None:
+                raise KernelFeatureError("no way to hook the bridge's ports on this kernel",
+                                         "run `brtrace doctor`")
+            self.port_hooks = ports.mechanism
+        tcx = self.port_hooks == "tcx"
         defines = kernel_defines(self.kernel.btf, self.sources)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        RINGBUF_PAGES=64)
-        defines.update(self.extra_defines)
+        defines.update(self.extra_defines, PORT_HOOK_TCX=int(tcx))
         for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):
             value = self.kernel.reasons.value(name)
             defines[f"REASON_{name}"] = -1 if value is None else value
-        self.session = Session(Program(self.sources, defines))
+        self.session = Session(Program(self.sources, defines),
+                               tcx=(tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
+                                    else None) if tcx else None)
         with signals_deferred():
             self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.

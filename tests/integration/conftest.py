@@ -38,8 +38,8 @@ def lab():
 def tracer_factory(tmp_path):
     started = []
 
-    def start(*args: str) -> Tracer:
-        t = Tracer(tmp_path, *args)
+    def start(*args: str, env: dict | None = None) -> Tracer:
+        t = Tracer(tmp_path, *args, env=env)
         started.append(t)
         return t
 

@@ -23,13 +23,15 @@ _ids = itertools.count(1)
 class Tracer:
     """The real brtrace CLI as a child process; records are its JSON lines."""
 
-    def __init__(self, tmp_path: Path, *args: str, start_timeout: float = 60.0):
+    def __init__(self, tmp_path: Path, *args: str, start_timeout: float = 60.0,
+                 env: dict | None = None):
         self.ready = tmp_path / f"ready-{next(_ids)}"
         self.argv = [sys.executable, "-m", "tracer.cli", *args, "-o", "json",
                      "--ready-file", str(self.ready)]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env} if env else None)
         deadline = t0 + start_timeout
         while not self.ready.exists():
             if self.proc.poll() is not None:
@@ -98,6 +100,29 @@ def held_prog_ids(pid: int) -> set:
         except OSError:
             pass            # an fd closed while we read
     return ids
+
+
+# Program types brtrace loads: raw tracepoints, tcx port programs (sched_cls),
+# kprobes where the kernel has them.
+OUR_PROG_TYPES = {"raw_tracepoint", "sched_cls", "kprobe"}
+
+
+def our_kind_of_progs() -> dict:
+    """id -> name of every loaded program of a type brtrace uses."""
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return {p["id"]: p.get("name") for p in json.loads(out) if p.get("type") in OUR_PROG_TYPES}
+
+
+def tcx_links(prog_ids: set) -> list:
+    """prog_id of every tcx link of these programs, one entry per link
+    (`bpftool link`; older bpftools print the type as its number, taken here
+    from the kernel's enum bpf_link_type)."""
+    from tracer.kernel.btf import Btf
+    with Btf() as btf:
+        tcx = {"tcx", btf.enum("bpf_link_type").get("BPF_LINK_TYPE_TCX")}
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return sorted(link["prog_id"] for link in json.loads(out)
+                  if link.get("type") in tcx and link.get("prog_id") in prog_ids)
 
 
 def wait_unloaded(ids: set, timeout: float = 10.0) -> set:

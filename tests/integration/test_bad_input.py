@@ -74,10 +74,10 @@ def test_bad_invocations(lab, busy_port):
 
 def test_no_program_left_after_bad_export(lab, busy_port):
     """A bind failure happens after BPF is attached: it must still detach."""
-    import json
+    from harness import our_kind_of_progs
+
     def ours():
-        out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
-        return {p["id"] for p in json.loads(out) if p.get("type") == "raw_tracepoint"}
+        return set(our_kind_of_progs())
     before = ours()
     r = subprocess.run([sys.executable, "-m", "tracer.cli", "export", "--bridge", "br-int", "--netns",
                         lab.bridge_ns, "--listen", f"127.0.0.1:{busy_port}", "--duration", "2"],

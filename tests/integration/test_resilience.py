@@ -8,15 +8,10 @@ import time
 
 import pytest
 
-from harness import held_prog_ids, wait_unloaded
+from harness import held_prog_ids, our_kind_of_progs, tcx_links, wait_unloaded
 from tracer.lab import ETH_P_LAB, ether, send_frames
 
 pytestmark = pytest.mark.integration
-
-
-def raw_tracepoint_progs() -> set:
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
-    return {p["id"] for p in json.loads(out) if p.get("type") == "raw_tracepoint"}
 
 
 def stalled_tap(lab, qlen=10):
@@ -65,10 +60,17 @@ def test_sigkill_leaves_nothing_and_restart_works(lab, tracer_factory):
     SIGKILLed brtrace leaves nothing attached, and a new one starts cleanly."""
     t = tracer_factory("loops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "120")
     held = held_prog_ids(t.proc.pid)
-    assert len(held & raw_tracepoint_progs()) >= 4      # kfree_skb, rx, tx, fdb
+    progs = our_kind_of_progs()
+    names = {progs[i] for i in held if i in progs}
+    assert {"kfree_skb", "br_fdb_update", "port_ingress", "port_egress"} <= names, names
+    # tcx: both port programs linked to the bridge and each of its two ports
+    ports = {i for i, n in progs.items() if i in held and n in ("port_ingress", "port_egress")}
+    links = tcx_links(held)
+    assert len(links) == 2 * 3 and set(links) == ports, links
     os.kill(t.proc.pid, signal.SIGKILL)
     t.proc.wait(timeout=10)
     assert wait_unloaded(held) == set()
+    assert tcx_links(held) == []
     h1, h2 = lab.host(1), lab.host(2)
     t2 = tracer_factory("drops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "60")
     send_frames(h1.netns, h1.ifname, ether(h2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), 7)

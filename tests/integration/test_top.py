@@ -18,31 +18,26 @@ from pathlib import Path
 import pytest
 
 from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
-from harness import held_prog_ids
+from harness import held_prog_ids, our_kind_of_progs
 
 REPO = Path(__file__).resolve().parents[2]
 # The program under test. Until `brtrace top` is registered in tracer/cli.py
 # it runs through the module's stand-in main(); then: [..., "-m", "tracer.cli", "top"].
 TOP_CMD = [sys.executable, "-m", "tracer.cli", "top"]
 WIDTH, HEIGHT = 100, 30
-# What bpftool calls brtrace's raw-tracepoint programs (bcc names them after
-# the tracepoint; a longer name shows as the BTF function name).
-OUR_PROGRAMS = {"kfree_skb", "net_dev_queue", "br_fdb_update", "raw_tracepoint__netif_receive_skb"}
+# What bpftool calls brtrace's programs (bcc names a raw-tracepoint program
+# after the tracepoint; a longer name shows as the BTF function name; the tcx
+# port programs by their function names).
+OUR_PROGRAMS = {"kfree_skb", "net_dev_queue", "br_fdb_update", "raw_tracepoint__netif_receive_skb",
+                "port_ingress", "port_egress"}
 _ids = itertools.count(1)
 
 pytestmark = pytest.mark.integration
 
 
-def raw_tracepoint_progs() -> dict:
-    """id -> name of every loaded raw-tracepoint program (`bpftool prog list`)."""
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], check=True, capture_output=True,
-                         text=True, timeout=30).stdout
-    return {p["id"]: p.get("name") for p in json.loads(out) if p.get("type") == "raw_tracepoint"}
-
-
 def attached(top) -> set:
-    """Our raw-tracepoint programs, checked by name; at least kfree_skb."""
-    progs = raw_tracepoint_progs()
+    """Our programs, checked by name; at least kfree_skb."""
+    progs = our_kind_of_progs()
     ours = {i for i in held_prog_ids(top.pid) if i in progs}
     names = {progs[i] for i in ours}
     assert "kfree_skb" in names and names <= OUR_PROGRAMS, names
@@ -50,7 +45,7 @@ def attached(top) -> set:
 
 
 def detached(ids: set) -> bool:
-    return not (ids & set(raw_tracepoint_progs()))
+    return not (ids & set(our_kind_of_progs()))
 
 
 class TmuxTop:
@@ -154,10 +149,10 @@ def test_top_shows_a_reflecting_tap_and_quits_cleanly(lab, top_factory):
     tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=10000)
     top = top_factory("--bridge", lab.bridge, "--netns", lab.bridge_ns, "--interval", "0.5")
     progs = attached(top)
-    assert len(progs) == 4, progs      # drops, fdb and the two forward tracepoints
+    assert len(progs) == 4, progs      # drops, fdb and the two tcx port programs
     assert top.alive()
     first = top.wait_for(lambda s: s.startswith("brtrace top: "))
-    assert first.splitlines()[0].startswith(f"brtrace top: {lab.bridge} (netns {lab.bridge_ns})  tracepoint  up ")
+    assert first.splitlines()[0].startswith(f"brtrace top: {lab.bridge} (netns {lab.bridge_ns})  reconstructed  up ")
 
     # The bridge's own broadcasts come back on the tap (echo); the VM's are
     # reflected too (loop through one port, the VM's MAC flaps).

@@ -205,6 +205,10 @@ def test_last_summary_and_tracepoints():
     assert summary["stats"]["events_lost"] == 1
     assert bench.summary_tracepoints(summary) == ("kfree_skb", "netif_receive_skb", "net_dev_queue")
     assert bench.summary_tracepoints({"probes": {"forward": "kprobe:br_forward"}}) is None
+    # tcx port programs are a hook of their own; a reconstructed hook attaches nothing
+    tcx = {"probes": {"drops": "raw_tracepoint:kfree_skb", "ports": "tcx:ingress+egress",
+                      "forward": "reconstructed:ports+kfree_skb", "fdb": "raw_tracepoint:br_fdb_update"}}
+    assert bench.summary_tracepoints(tcx) == ("kfree_skb", "tcx", "br_fdb_update")
     assert bench.summary_tracepoints(None) is None
     assert bench.last_summary("") is None
 
@@ -216,6 +220,20 @@ def test_floor_source_counts_each_tracepoint_in_its_own_slot():
     assert "RAW_TRACEPOINT_PROBE(net_dev_queue)" in src and "int k = 1;" in src
     with pytest.raises(ValueError):
         bench.floor_source(["kfree_skb); evil("])
+
+
+def test_floor_source_with_tcx_counts_ingress_and_egress_after_the_tracepoints():
+    src = bench.floor_source(["kfree_skb"], tcx=True)
+    assert "BPF_PERCPU_ARRAY(hits, u64, 3);" in src
+    assert "int floor_ingress(struct __sk_buff *skb)" in src and "int k = 1;" in src
+    assert "int floor_egress(struct __sk_buff *skb)" in src and "int k = 2;" in src
+    assert "return -1;" in src          # TCX_NEXT: never changes the frame's fate
+    assert "floor_ingress" not in bench.floor_source(["kfree_skb"])
+
+
+def test_tcx_spec():
+    assert bench.parse_tcx_spec("/run/netns/brtb-br:2,5,7") == ("/run/netns/brtb-br", [2, 5, 7])
+    assert bench.parse_tcx_spec(None) is None
 
 
 def test_views_are_data():

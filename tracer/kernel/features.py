@@ -73,11 +73,16 @@ class Features:
     kprobes: bool
     fentry: bool
     raw_tracepoints: bool
+    tcx: bool = False
 
     @classmethod
-    def probe(cls) -> "Features":
+    def probe(cls, btf=None) -> "Features":
+        """`btf`: an open Btf of the running kernel, to tell whether it has tcx
+        (its enum bpf_attach_type names BPF_TCX_INGRESS); without one, no tcx."""
+        from tracer.kernel.tcx import attach_types  # noqa: PLC0415 - avoids an import cycle
         return cls(kernel=platform.release(), btf=Path(btf_path()).exists(),
                    tracefs=tracefs_root(), kprobes=kprobes_available(),
                    fentry=fentry_available(),
                    # raw tracepoints arrived in 4.17; BTF-typed ones are what we use
-                   raw_tracepoints=Path(btf_path()).exists())
+                   raw_tracepoints=Path(btf_path()).exists(),
+                   tcx=btf is not None and attach_types(btf) is not None)

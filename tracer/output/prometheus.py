@@ -21,7 +21,7 @@ class BridgeSnapshot:
 
     bridge: str
     netns: str
-    mode: str                                       # kprobe | raw_tracepoint | ""
+    mode: str                                       # kprobe | reconstructed | ""
     drops: list = field(default_factory=list)       # (port, reason, function, frames)
     ports: dict = field(default_factory=dict)       # port -> {counter: value}
     findings: list = field(default_factory=list)    # (type, port, active)

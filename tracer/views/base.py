@@ -34,7 +34,7 @@ def header(run: BridgeRun, view: str) -> str:
     hooks = ", ".join(f"{c.hook.name}={c.picked.mechanism}" for c in run.kernel.choices
                       if c.picked and c.hook.name in run.hooks)
     mode = {"kprobe": ", forwarding seen by kprobes on the bridge",
-            "raw_tracepoint": ", forwarding reconstructed from tracepoints (no kprobes)"}.get(run.mode, "")
+            "reconstructed": ", forwarding reconstructed from the port hooks (no kprobes)"}.get(run.mode, "")
     return f"brtrace {view}: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, {hooks}{mode}"
 
 

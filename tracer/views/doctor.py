@@ -14,9 +14,13 @@ from tracer.output import jsonl
 def facts() -> dict:
     """Everything doctor reports, as plain data (also the JSON record)."""
     f = Features.probe()
+    if f.btf:
+        from tracer.kernel.btf import Btf  # noqa: PLC0415
+        with Btf(btf_path()) as btf:
+            f = Features.probe(btf)
     out = {"kind": "doctor", "kernel": f.kernel, "root": os.geteuid() == 0,
            "btf": btf_path() if f.btf else None, "tracefs": f.tracefs,
-           "kprobes": f.kprobes, "fentry": f.fentry}
+           "kprobes": f.kprobes, "fentry": f.fentry, "tcx": f.tcx}
     try:
         _headers, out["headers"] = bcc_kernel_source()
     except BrtraceError as exc:
@@ -59,6 +63,7 @@ def run_doctor(output: str = "table") -> int:
     print(f"tracefs       {data['tracefs'] or 'not mounted (mount -t tracefs tracefs /sys/kernel/tracing)'}")
     print(f"kprobes       {yes(data['kprobes'])}")
     print(f"fentry        {yes(data['fentry'])}")
+    print(f"tcx           {yes(data['tcx'])}")
     print(f"bcc           {data['bcc'] or 'missing: run scripts/setup'}")
     print(f"headers       {data['headers']}")
     print(f"drop reasons  {data.get('drop_reasons', 'unavailable (no BTF)')}")
@@ -66,5 +71,5 @@ def run_doctor(output: str = "table") -> int:
     for name, h in data["hooks"].items():
         how = f"{h['mechanism']} {h['target']}" if h["mechanism"] else "NOT ATTACHABLE"
         tag = "required" if h["required"] else "optional"
-        print(f"  {name:<8} {how:<48} ({tag}) {h['why']}")
+        print(f"  {name:<9} {how:<48} ({tag}) {h['why']}")
     return 0

@@ -26,7 +26,7 @@ from tracer.views.base import View, run_view, warn_run
 from tracer.views.loops import port_records
 
 SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
-MODES = {"kprobe": "kprobe", "raw_tracepoint": "tracepoint"}
+MODES = {"kprobe": "kprobe", "reconstructed": "reconstructed"}
 KEY_POLL_MS = 100          # longest wait for the kernel before looking at the keyboard
 
 

@@ -1,0 +1,72 @@
+"""Which mechanism each hook picks, and why, for the kernels brtrace meets."""
+
+import pytest
+
+from tracer import probes
+from tracer.kernel import tcx
+from tracer.kernel.features import Features
+
+
+def features(**kw):
+    base = dict(kernel="test", btf=True, tracefs="/sys/kernel/tracing", kprobes=False,
+                fentry=False, raw_tracepoints=True, tcx=False)
+    base.update(kw)
+    return Features(**base)
+
+
+def picked(choices, hook):
+    c = next(c for c in choices if c.hook.name == hook)
+    return (c.picked.mechanism if c.picked else None), c.why
+
+
+def every_tracepoint(_name):
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_avoid(monkeypatch):
+    monkeypatch.delenv(probes.AVOID_ENV, raising=False)
+
+
+def test_ports_use_tcx_where_the_kernel_has_it():
+    mech, why = picked(probes.choose(features(tcx=True), every_tracepoint), "ports")
+    assert mech == "tcx" and why == "available"
+
+
+def test_ports_fall_back_to_tracepoints_and_say_why():
+    mech, why = picked(probes.choose(features(tcx=False), every_tracepoint), "ports")
+    assert mech == "raw_tracepoint"
+    assert "fallback" in why and "kernel has no tcx" in why
+
+
+def test_operator_can_avoid_a_mechanism(monkeypatch):
+    monkeypatch.setenv(probes.AVOID_ENV, "tcx")
+    mech, why = picked(probes.choose(features(tcx=True), every_tracepoint), "ports")
+    assert mech == "raw_tracepoint" and "skipped (BRTRACE_AVOID=tcx)" in why
+
+
+def test_ports_need_their_tracepoints_when_there_is_no_tcx():
+    missing = probes.choose(features(tcx=False), lambda tp: tp != "net_dev_queue")
+    mech, why = picked(missing, "ports")
+    assert mech is None and "no tracepoint net_dev_queue" in why
+
+
+def test_forward_is_reconstructed_without_kprobes():
+    mech, why = picked(probes.choose(features(kprobes=False), every_tracepoint), "forward")
+    assert mech == "reconstructed" and "kernel has no kprobes" in why
+
+
+class FakeBtf:
+    def __init__(self, values):
+        self.values = values
+
+    def enum(self, name):
+        assert name == "bpf_attach_type"
+        return self.values
+
+
+def test_tcx_attach_types_come_from_btf():
+    assert tcx.attach_types(FakeBtf({"BPF_TCX_INGRESS": 46, "BPF_TCX_EGRESS": 47})) == \
+        {"ingress": 46, "egress": 47}
+    # 6.1: no tcx in enum bpf_attach_type
+    assert tcx.attach_types(FakeBtf({"BPF_CGROUP_INET_INGRESS": 0})) is None
