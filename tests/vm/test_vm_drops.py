@@ -309,3 +309,6 @@ def test_doctor_picks_kprobe_for_forward():
     fwd = doc["hooks"]["forward"]
     assert (fwd["mechanism"], fwd["target"]) == ("kprobe", "br_forward+br_flood+br_pass_frame_up"), fwd
     assert "fentry" in fwd["why"]                   # why fentry was passed over
+    assert doc["tcx"] is False
+    ports = doc["hooks"]["ports"]
+    assert ports["mechanism"] == "raw_tracepoint" and "kernel has no tcx" in ports["why"], ports

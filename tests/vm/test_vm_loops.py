@@ -110,6 +110,8 @@ def test_kprobe_mode_on_6_1(run):
     assert s["probes"]["forward"].startswith("kprobe"), s["probes"]
     assert s["probes"]["forward"] == KPROBE_FORWARD, s["probes"]
     assert s["probes"]["drops"] == "raw_tracepoint:kfree_skb"
+    # 6.1 has no tcx: the port hooks fall back to the tracepoints
+    assert s["probes"]["ports"] == "raw_tracepoint:netif_receive_skb+net_dev_queue", s["probes"]
     assert t.proc.returncode == 0, t.stderr
 
 
