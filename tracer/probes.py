@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tracer.kernel.features import Features, kernel_symbol_module
+from tracer.kernel.features import Features, kernel_symbol_modules
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,12 @@ def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:
     if c.mechanism == "raw_tracepoint":
         missing = [tp for tp in c.target.split("+") if not has_tracepoint(tp)]
         return (not missing, "available" if not missing else f"no tracepoint {missing[0]}")
-    modules = {t: kernel_symbol_module(t) for t in c.target.split("+")}
+    # The cheap capability checks before a pass over /proc/kallsyms (~0.1 s).
+    if c.mechanism == "kprobe" and not f.kprobes:
+        return False, "kernel has no kprobes"
+    if c.mechanism == "fentry" and not f.fentry:
+        return False, "kernel refuses BPF tracing programs (no fentry)"
+    modules = kernel_symbol_modules(c.target.split("+"))
     missing = [t for t, m in modules.items() if m is None]
     if missing:
         if missing[0].startswith("br_") and not os.path.isdir("/sys/module/bridge"):
@@ -97,13 +102,11 @@ def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:
         return False, f"{missing[0]} not in /proc/kallsyms"
     module = next((m for m in modules.values() if m), "")
     if c.mechanism == "fentry":
-        if not f.fentry:
-            return False, "kernel refuses BPF tracing programs (no fentry)"
         if module:
             return False, f"{c.target} is in module {module}; bcc cannot fentry module functions"
         return True, "available"
     if c.mechanism == "kprobe":
-        return (f.kprobes, "available" if f.kprobes else "kernel has no kprobes")
+        return True, "available"
     return False, f"unknown mechanism {c.mechanism}"
 
 

@@ -26,9 +26,17 @@ class Kernel:
     features: Features
     btf: Btf
     reasons: ReasonTable
-    kallsyms: Kallsyms
     choices: list
     warnings: list
+    _kallsyms: Kallsyms | None = None
+
+    @property
+    def kallsyms(self) -> Kallsyms:
+        """Loaded on first use (drop locations are named at the first report,
+        not before the probes attach: it costs ~0.1 s)."""
+        if self._kallsyms is None:
+            self._kallsyms = Kallsyms.load()
+        return self._kallsyms
 
     @classmethod
     def open(cls) -> "Kernel":
@@ -41,8 +49,7 @@ class Kernel:
                             "(mount it: mount -t tracefs tracefs /sys/kernel/tracing)")
         reasons = load_reason_table(root or "/nonexistent",
                                     btf_enum=lambda: btf.enum("skb_drop_reason"))
-        kallsyms = Kallsyms.load()
-        if not kallsyms.usable:
+        if not Kallsyms.addresses_visible():
             warnings.append("/proc/kallsyms shows no addresses: locations are raw addresses "
                             "(run as root, or sysctl kernel.kptr_restrict=0)")
         choices = choose(features, btf.has_tracepoint)
@@ -50,7 +57,7 @@ class Kernel:
             if c.picked is None and c.hook.required:
                 raise KernelFeatureError(f"cannot attach hook {c.hook.name}: {c.why}",
                                          "run `brtrace doctor`; brtrace needs kernel >= 5.17 with BTF")
-        return cls(features, btf, reasons, kallsyms, choices, warnings)
+        return cls(features, btf, reasons, choices, warnings)
 
     def choice(self, hook: str) -> Choice:
         return next(c for c in self.choices if c.hook.name == hook)

@@ -111,3 +111,12 @@ def test_parses_a_kernel_sized_table():
     ks = Kallsyms.parse(text)
     assert len(ks) == 112_500
     assert ks.symbolize(0xFFFFFFFF81000000 + 16 * 149_998 + 3).location == "fn_149998+0x3"
+
+
+def test_addresses_visible_reads_the_first_line(tmp_path):
+    shown, hidden = tmp_path / "shown", tmp_path / "hidden"
+    shown.write_text("ffffffff81000000 T _stext\n")
+    hidden.write_text("0000000000000000 T _stext\n")
+    assert Kallsyms.addresses_visible(str(shown)) is True
+    assert Kallsyms.addresses_visible(str(hidden)) is False
+    assert Kallsyms.addresses_visible(str(tmp_path / "none")) is False

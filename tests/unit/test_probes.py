@@ -70,3 +70,15 @@ def test_tcx_attach_types_come_from_btf():
         {"ingress": 46, "egress": 47}
     # 6.1: no tcx in enum bpf_attach_type
     assert tcx.attach_types(FakeBtf({"BPF_CGROUP_INET_INGRESS": 0})) is None
+
+
+def test_kernel_symbol_modules_in_one_pass(tmp_path):
+    from tracer.kernel.features import kernel_symbol_modules
+    ks = tmp_path / "kallsyms"
+    ks.write_text("ffffffff81000000 T _stext\n"
+                  "ffffffffc0a01000 t br_forward\t[bridge]\n"
+                  "ffffffff81234000 T netif_receive_skb\n"
+                  "ffffffffc0a02000 d br_flood_data\t[bridge]\n")
+    assert kernel_symbol_modules(["br_forward", "netif_receive_skb", "br_flood"], str(ks)) == \
+        {"br_forward": "bridge", "netif_receive_skb": "", "br_flood": None}
+    assert kernel_symbol_modules(["x"], str(tmp_path / "missing")) == {"x": None}

@@ -50,19 +50,25 @@ def fentry_available() -> bool:
         return False
 
 
-def kernel_symbol_module(symbol: str, kallsyms: str = "/proc/kallsyms") -> str | None:
-    """'' if `symbol` is built into vmlinux, the module name if it lives in one,
-    None if absent. bcc 0.26 cannot attach fentry to module functions (its
-    KFUNC_PROBE looks only in vmlinux BTF), so this decides fentry vs kprobe."""
+def kernel_symbol_modules(symbols, kallsyms: str = "/proc/kallsyms") -> dict:
+    """symbol -> '' if built into vmlinux, the module name if it lives in one,
+    None if absent; one pass over kallsyms. bcc 0.26 cannot attach fentry to
+    module functions (its KFUNC_PROBE looks only in vmlinux BTF), so this
+    decides fentry vs kprobe."""
+    out = {s: None for s in symbols}
+    left = set(out)
     try:
         with open(kallsyms) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and parts[2] == symbol and parts[1] in "tT":
-                    return parts[3].strip("[]") if len(parts) > 3 else ""
+                if len(parts) >= 3 and parts[2] in left and parts[1] in "tT":
+                    out[parts[2]] = parts[3].strip("[]") if len(parts) > 3 else ""
+                    left.discard(parts[2])
+                    if not left:
+                        break
     except OSError:
-        return None
-    return None
+        pass
+    return out
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,20 @@ class Kallsyms:
         found.sort(key=itemgetter(0))
         return cls(text, array("Q", (f[1] for f in found)), array("Q", (f[0] for f in found)))
 
+    @staticmethod
+    def addresses_visible(path: str = KALLSYMS) -> bool:
+        """Does the kernel show real addresses (not all 0, as kptr_restrict
+        makes it)? Read from the first line only."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                first = f.readline().split()
+        except OSError:
+            return False
+        try:
+            return bool(first) and int(first[0], 16) != 0
+        except ValueError:
+            return False
+
     @classmethod
     def load(cls, path: str = KALLSYMS) -> "Kallsyms":
         try:
