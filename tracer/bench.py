@@ -821,6 +821,25 @@ def summary_tracepoints(summary: Optional[dict]) -> Optional[tuple]:
     return tuple(out) or None
 
 
+def with_port_hooks(tracepoints: tuple, ports_mechanism: Optional[str]) -> tuple:
+    """A view's default floor hooks, with the two port tracepoints replaced by
+    "tcx" where brtrace links its port programs with tcx (`brtrace doctor`)."""
+    if ports_mechanism != "tcx":
+        return tuple(tracepoints)
+    out = [t for t in tracepoints if t not in ("netif_receive_skb", "net_dev_queue")]
+    return tuple(out + ["tcx"]) if len(out) < len(tracepoints) else tuple(out)
+
+
+def doctor_ports_mechanism() -> Optional[str]:
+    """How this brtrace hooks ports here (tcx, raw_tracepoint), from its doctor."""
+    try:
+        proc = subprocess.run([str(BRTRACE), "doctor", "-o", "json"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)
+        return json.loads(proc.stdout)["hooks"]["ports"]["mechanism"]
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        return None
+
+
 class Tracer:
     """One tracer child (a brtrace view, or the floor): started, waited for, stopped."""
 
@@ -1118,12 +1137,15 @@ class Bench:
             except OSError as exc:
                 self.notes.append(f"could not enable BPF statistics: {exc}")
         floors: Dict[str, tuple] = {}
+        # For views without a JSON summary (export): the port hooks doctor picks.
+        ports_mechanism = doctor_ports_mechanism()
         for rnd in range(self.args.rounds):
             for wl in self.args.workloads:
                 for v in views:
                     self.window(rnd, wl, None)
                     summary = self.traced(rnd, wl, v)
-                    tps = summary_tracepoints(summary) or floors.get(v) or VIEWS[v].floor_tracepoints
+                    tps = (summary_tracepoints(summary) or floors.get(v)
+                           or with_port_hooks(VIEWS[v].floor_tracepoints, ports_mechanism))
                     floors[v] = tps
                     self.window(rnd, wl, None)
                     self.traced(rnd, wl, floor_name(v), tps)

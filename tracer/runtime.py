@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.errors import KernelFeatureError, PermissionError_
 from tracer.kernel.btf import Btf
 from tracer.kernel.features import Features, btf_path, tracefs_root
-from tracer.kernel.kallsyms import Kallsyms
+from tracer.kernel.kallsyms import Kallsyms, LazyKallsyms
 from tracer.kernel.reasons import ReasonTable, load_reason_table
 from tracer.probes import Choice, choose
 
@@ -28,15 +28,7 @@ class Kernel:
     reasons: ReasonTable
     choices: list
     warnings: list
-    _kallsyms: Kallsyms | None = None
-
-    @property
-    def kallsyms(self) -> Kallsyms:
-        """Loaded on first use (drop locations are named at the first report,
-        not before the probes attach: it costs ~0.1 s)."""
-        if self._kallsyms is None:
-            self._kallsyms = Kallsyms.load()
-        return self._kallsyms
+    kallsyms: LazyKallsyms = field(default_factory=LazyKallsyms)
 
     @classmethod
     def open(cls) -> "Kernel":

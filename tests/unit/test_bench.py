@@ -231,6 +231,13 @@ def test_floor_source_with_tcx_counts_ingress_and_egress_after_the_tracepoints()
     assert "floor_ingress" not in bench.floor_source(["kfree_skb"])
 
 
+def test_default_floor_follows_the_port_hooks():
+    tps = ("kfree_skb", "br_fdb_update", "netif_receive_skb", "net_dev_queue", "neigh_update_done")
+    assert bench.with_port_hooks(tps, "tcx") == ("kfree_skb", "br_fdb_update", "neigh_update_done", "tcx")
+    assert bench.with_port_hooks(tps, "raw_tracepoint") == tps
+    assert bench.with_port_hooks(("kfree_skb",), "tcx") == ("kfree_skb",)
+
+
 def test_tcx_spec():
     assert bench.parse_tcx_spec("/run/netns/brtb-br:2,5,7") == ("/run/netns/brtb-br", [2, 5, 7])
     assert bench.parse_tcx_spec(None) is None

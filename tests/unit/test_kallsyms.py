@@ -120,3 +120,13 @@ def test_addresses_visible_reads_the_first_line(tmp_path):
     assert Kallsyms.addresses_visible(str(shown)) is True
     assert Kallsyms.addresses_visible(str(hidden)) is False
     assert Kallsyms.addresses_visible(str(tmp_path / "none")) is False
+
+
+def test_lazy_kallsyms_reads_the_file_at_the_first_lookup(tmp_path):
+    from tracer.kernel.kallsyms import LazyKallsyms
+    ks = tmp_path / "kallsyms"
+    lazy = LazyKallsyms(str(ks))          # the file does not exist yet: nothing read
+    ks.write_text("ffffffff81000000 T _stext\nffffffff81000100 t br_forward\t[bridge]\n")
+    sym = lazy.symbolize(0xffffffff81000104)
+    assert (sym.name, sym.offset, sym.module) == ("br_forward", 4, "bridge")
+    assert lazy.usable and len(lazy) == 2
