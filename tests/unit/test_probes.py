@@ -82,3 +82,31 @@ def test_kernel_symbol_modules_in_one_pass(tmp_path):
     assert kernel_symbol_modules(["br_forward", "netif_receive_skb", "br_flood"], str(ks)) == \
         {"br_forward": "bridge", "netif_receive_skb": "", "br_flood": None}
     assert kernel_symbol_modules(["x"], str(tmp_path / "missing")) == {"x": None}
+
+
+def test_tcx_links_follow_the_watched_set(monkeypatch):
+    """sync() links both programs to new devices, unlinks those that left, and
+    skips a device that vanished before its link (ENODEV)."""
+    import errno
+    import os
+    made = []
+
+    def fake_link_create(prog_fd, ifindex, attach_type):
+        if ifindex == 9:
+            raise OSError(errno.ENODEV, "No such device")
+        fd = os.open("/dev/null", os.O_RDONLY)
+        made.append((prog_fd, ifindex, attach_type, fd))
+        return fd
+
+    monkeypatch.setattr(tcx.bpfsys, "link_create", fake_link_create)
+    links = tcx.TcxLinks({"ingress": 100, "egress": 101}, {"ingress": 46, "egress": 47}, None)
+    assert links.sync({2: 1, 3: 1, 9: 1}) == [9]
+    assert sorted((p, i, a) for p, i, a, _fd in made) == [
+        (100, 2, 46), (100, 3, 46), (101, 2, 47), (101, 3, 47)]
+    gone_fds = links.links[3]
+    assert links.sync({2: 1}) == [] and set(links.links) == {2}
+    for fd in gone_fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)               # port 3's links were closed
+    links.close()
+    assert links.links == {}

@@ -81,24 +81,36 @@ class TcxLinks:
         new = sorted(want - set(self.links))
         if not new:
             return gone
-        with in_netns(self.netns_path):
-            for ifindex in new:
-                fds = []
-                try:
-                    for d in DIRECTIONS:
-                        fds.append(bpfsys.link_create(self.prog_fds[d], ifindex, self.types[d]))
-                except OSError as exc:
-                    for fd in fds:
-                        os.close(fd)
-                    if exc.errno in (errno.ENODEV, errno.ENXIO):
+        try:
+            with in_netns(self.netns_path):
+                for ifindex in new:
+                    fds = self._link(ifindex)
+                    if fds is None:
                         gone.append(ifindex)
-                        continue
-                    self.close()
-                    raise KernelFeatureError(
-                        f"cannot link the port programs to ifindex {ifindex} (tcx): {exc.strerror}",
-                        "set BRTRACE_AVOID=tcx to use the tracepoint fallback, and run `brtrace doctor`")
-                self.links[ifindex] = fds
+                    else:
+                        self.links[ifindex] = fds
+        except OSError as exc:  # _link handles its own: this is entering the namespace
+            raise KernelFeatureError(
+                f"cannot enter network namespace {self.netns_path} to link the port programs: "
+                f"{exc.strerror}", "check that the namespace still exists (`ip netns list`)") from exc
         return gone
+
+    def _link(self, ifindex: int) -> list | None:
+        """Both links for one device; None if the device is gone."""
+        fds = []
+        try:
+            for d in DIRECTIONS:
+                fds.append(bpfsys.link_create(self.prog_fds[d], ifindex, self.types[d]))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                return None
+            self.close()
+            raise KernelFeatureError(
+                f"cannot link the port programs to ifindex {ifindex} (tcx): {exc.strerror}",
+                "set BRTRACE_AVOID=tcx to use the tracepoint fallback, and run `brtrace doctor`") from None
+        return fds
 
     def close(self) -> None:
         for fds in self.links.values():
