@@ -16,7 +16,7 @@ from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
 from tracer.kernel.tcx import attach_types as tcx_attach_types
-from tracer.loader import Program, Session, kernel_defines
+from tracer.loader import LoaderChild, Program, Session, kernel_defines, prepare_headers
 from tracer.identity import identify
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable
@@ -114,6 +114,9 @@ class BridgeRun:
         with signals_deferred():
             self.topo = Topology(self.netns)
             self.bridge = self.topo.bridge(self.cfg.bridge)
+        # The compiler process starts now and imports bcc while we read BTF.
+        prepare_headers()
+        self._loader = LoaderChild()
         self.kernel = Kernel.open()
         forward = self.kernel.choice("forward").picked
         if "forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe":
@@ -134,9 +137,10 @@ class BridgeRun:
         for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):
             value = self.kernel.reasons.value(name)
             defines[f"REASON_{name}"] = -1 if value is None else value
+        loader, self._loader = self._loader, None
         self.session = Session(Program(self.sources, defines),
                                tcx=(tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
-                                    else None) if tcx else None)
+                                    else None) if tcx else None, child=loader)
         with signals_deferred():
             self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.
@@ -228,6 +232,9 @@ class BridgeRun:
         """Detach everything; a second Ctrl-C meanwhile waits until it is done
         (it is raised as Stopped afterwards, outside any netlink exchange)."""
         with signals_deferred():
+            loader, self._loader = getattr(self, "_loader", None), None
+            if loader is not None:
+                loader.close()      # never asked to build: it exits
             if self.session is not None:
                 self.session.close()
                 self.session = None

@@ -119,3 +119,18 @@ def test_hostile_flood_of_random_macs_and_arp_targets_stays_bounded(lab, tracer_
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_long_running_process_never_maps_bcc_or_llvm(lab, tracer_factory):
+    """bcc compiles in a helper that exits once it has handed over the file
+    descriptors (tracer/loader_child.py): brtrace itself keeps no bcc, no
+    LLVM, and no child, and still counts."""
+    t = tracer_factory("loops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--duration", "60")
+    maps = open(f"/proc/{t.proc.pid}/maps").read()
+    assert "libbcc" not in maps and "LLVM" not in maps and "clang" not in maps
+    children = open(f"/proc/{t.proc.pid}/task/{t.proc.pid}/children").read().split()
+    assert children == [], children
+    h1 = lab.host(1)
+    send_frames(h1.netns, h1.ifname, ether("ff:ff:ff:ff:ff:ff", h1.mac, ETH_P_LAB, b"x"), 9)
+    t.stop()
+    assert t.ports()[h1.port]["rx_broadcast"] == 9

@@ -1,0 +1,102 @@
+"""The short-lived helper that compiles and loads brtrace's BPF through bcc.
+
+Why a separate process: bcc and the LLVM it compiles with stay resident in any
+process that imports them (~100 MB), and brtrace runs for hours after one
+compile. This child does the compile, the load and bcc's attachments, sends
+every file descriptor that keeps them alive (maps, programs, tracepoint and
+kprobe attachments) to its parent over a Unix socket (SCM_RIGHTS), and exits
+without bcc's clean-up: the attachments live on as long as the parent holds
+the descriptors, and go with the parent however it ends.
+
+Run by tracer/loader.py as `python -m tracer.loader_child FD`; FD is its end of
+a SOCK_SEQPACKET socket pair. Request (JSON): sources, defines, maps (names to
+send), tcx_programs (sched_cls functions to load, unattached). Reply (JSON +
+fds): {"maps": {name: i}, "progs": {name: i}, "links": [i, ...]} or {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+MAX_REQUEST = 1 << 20
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - this process exists to import bcc
+    except ImportError:
+        return None
+    return bcc
+
+
+def build(req: dict, bcc) -> tuple[dict, list]:
+    from tracer import abi
+    from tracer.loader import assemble
+    if bcc is None:
+        return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
+
+    text = assemble(req["sources"])
+    cflags = [f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"]
+    cflags += [f"-D{k}={v}" for k, v in sorted(req["defines"].items())]
+    try:
+        b = bcc.BPF(text=text, cflags=cflags)
+        for name in req.get("tcx_programs", []):
+            b.load_func(name, bcc.BPF.SCHED_CLS)
+    except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception on compile/load/attach
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {"error": first}, []
+    fds: list = []
+    reply: dict = {"maps": {}, "progs": {}, "links": []}
+    for name in req["maps"]:
+        try:
+            table = b.get_table(name)
+        except KeyError:
+            continue          # not in these sources
+        reply["maps"][name] = len(fds)
+        fds.append(table.map_fd)
+    for name, fn in b.funcs.items():
+        reply["progs"][name.decode() if isinstance(name, bytes) else name] = len(fds)
+        fds.append(fn.fd)
+    for fd in b.raw_tracepoint_fds.values():
+        reply["links"].append(len(fds))
+        fds.append(fd)
+    for per_fn in b.kprobe_fds.values():
+        for fd in per_fn.values():
+            reply["links"].append(len(fds))
+            fds.append(fd)
+    return reply, fds
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    sock = socket.socket(fileno=int(argv[0]))
+    # Imported before the request arrives: the parent works out the kernel's
+    # offsets meanwhile, and an empty request means "not needed after all".
+    bcc = import_bcc()
+    raw = sock.recv(MAX_REQUEST)
+    if not raw:
+        os._exit(0)
+    reply, fds = build(json.loads(raw), bcc)
+    socket.send_fds(sock, [json.dumps(reply).encode()], fds)
+    sock.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit(): bcc's atexit clean-up would detach what the parent now holds.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
