@@ -315,6 +315,30 @@ def render_table(results: Sequence[dict], bpf_stats: bool = False) -> List[str]:
     return lines
 
 
+def sweep_rows(windows: Sequence[dict]) -> List[dict]:
+    """The CPU sweep's windows (config "sweep:VIEW") as rows: view, rate asked
+    (0: unlimited), delivered pps and brtrace's CPU in % of one core."""
+    rows = []
+    for w in windows:
+        cfg = w.get("config") or ""
+        if cfg.startswith("sweep:") and w.get("tracer_cpu_s") is not None and w["seconds"] > 0:
+            rows.append({"view": cfg[6:], "rate": w.get("rate", 0), "pps": w["pps"],
+                         "cpu_pct": 100.0 * w["tracer_cpu_s"] / w["seconds"]})
+    return rows
+
+
+def render_sweep(rows: Sequence[dict]) -> List[str]:
+    """One line per view: CPU% at each delivered rate, and the spread (max - min
+    in points): flat means the spread stays within the clock-tick resolution."""
+    lines = []
+    for view in dict.fromkeys(r["view"] for r in rows):
+        mine = sorted((r for r in rows if r["view"] == view), key=lambda r: r["pps"])
+        cells = ", ".join("%.0f kpps %.1f%%" % (r["pps"] / 1e3, r["cpu_pct"]) for r in mine)
+        spread = max(r["cpu_pct"] for r in mine) - min(r["cpu_pct"] for r in mine)
+        lines.append(f"cpu sweep {view}: {cells} (spread {spread:.1f} points)")
+    return lines
+
+
 def legend(results: Sequence[dict]) -> List[str]:
     return [
         "ratio: traced / untraced delivered pps (untraced: the windows just before and after each",
@@ -557,7 +581,8 @@ def floor_child(tracepoints: List[str], ready_file: str, hold: float, tcx_spec: 
 
 SENDER_C = r"""
 /* brtb-sender: send copies of one Ethernet frame out of IFNAME as fast as
- * sendmmsg() allows, until COUNT frames or SECONDS have gone, whichever first.
+ * sendmmsg() allows (or at RATE frames/s when given and > 0), until COUNT
+ * frames or SECONDS have gone, whichever first.
  * Frame i carries base + (i % DISTINCT) as a big-endian u32 at OFFSET.
  * Prints "SENT REFUSED" (REFUSED: batches the device refused with ENOBUFS). */
 #define _GNU_SOURCE
@@ -594,8 +619,8 @@ static int unhex(const char *s, unsigned char *out, int max)
 
 int main(int argc, char **argv)
 {
-	if (argc != 7) {
-		fprintf(stderr, "usage: %s IFNAME COUNT SECONDS FRAME-HEX OFFSET DISTINCT\n", argv[0]);
+	if (argc != 7 && argc != 8) {
+		fprintf(stderr, "usage: %s IFNAME COUNT SECONDS FRAME-HEX OFFSET DISTINCT [RATE]\n", argv[0]);
 		return 2;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -638,8 +663,18 @@ int main(int argc, char **argv)
 	}
 	long long sent = 0, refused = 0;
 	unsigned long seq = 0;
-	double end = now() + seconds;
+	double rate = argc == 8 ? atof(argv[7]) : 0;
+	double start = now(), end = start + seconds;
 	while (sent < count && !stop) {
+		if (rate > 0) {   /* paced: no batch before its time */
+			double due = start + sent / rate;
+			double t = now();
+			if (t < due) {
+				struct timespec ts = { 0, (long)((due - t) * 1e9) };
+				nanosleep(&ts, NULL);
+				continue;
+			}
+		}
 		int n = count - sent < BATCH ? (int)(count - sent) : BATCH;
 		if (distinct > 1)
 			for (int i = 0; i < n; i++) {
@@ -672,6 +707,7 @@ int main(int argc, char **argv)
 SENDER_PY = r"""
 import errno, signal, socket, sys, time
 ifname, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rate = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
 tmpl, offset, distinct = bytes.fromhex(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -681,8 +717,12 @@ frames = [tmpl] if distinct <= 1 else [
     for i in range(min(distinct, 65536))]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 s.bind((ifname, 0))
-send, n, sent, refused, end = s.send, len(frames), 0, 0, time.monotonic() + seconds
+send, n, sent, refused, start = s.send, len(frames), 0, 0, time.monotonic()
+end = start + seconds
 while sent < count and not stop:
+    if rate > 0 and time.monotonic() < start + sent / rate:
+        time.sleep(0.001)
+        continue
     for _ in range(256):
         try:
             send(frames[sent % n])
@@ -719,19 +759,20 @@ class Senders:
         elif prefer_c:
             self.note = "no C compiler: Python senders (slower: unicast may be sender-bound; install gcc)"
 
-    def argv(self, netns: str, ifname: str, frames: Frames, count: int, seconds: float) -> List[str]:
+    def argv(self, netns: str, ifname: str, frames: Frames, count: int, seconds: float,
+             rate: int = 0) -> List[str]:
         args = [ifname, str(count), "%.3f" % seconds, frames.template.hex(), str(frames.offset),
-                str(frames.distinct)]
+                str(frames.distinct)] + ([str(rate)] if rate else [])
         cmd = [str(self.binary)] + args if self.binary else [labmod.CHILD_PYTHON, "-c", SENDER_PY] + args
         return labmod.ns_argv(netns, cmd)
 
     def start(self, netns: str, ifname: str, frames: Frames, count: int,
-              seconds: float, cpu: Optional[int] = None) -> subprocess.Popen:
+              seconds: float, cpu: Optional[int] = None, rate: int = 0) -> subprocess.Popen:
         def child_setup():
             labmod._set_pdeathsig()
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
-        return subprocess.Popen(self.argv(netns, ifname, frames, count, seconds),
+        return subprocess.Popen(self.argv(netns, ifname, frames, count, seconds, rate),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 preexec_fn=child_setup)
 
@@ -965,7 +1006,7 @@ class Bench:
         return stats["rx_packets"], (t0 + time.monotonic()) / 2
 
     # ---- one window --------------------------------------------------------
-    def window(self, rnd: int, workload: str, config: Optional[str]) -> dict:
+    def window(self, rnd: int, workload: str, config: Optional[str], rate: int = 0) -> dict:
         h1 = self.lab.host(1)
         window = self.args.window
         run_s = WARMUP + window + TAIL
@@ -973,8 +1014,9 @@ class Bench:
         tracer = self.tracer if config else None
         waited = self.wait_quiet(tracer)
         cpus = sorted(os.sched_getaffinity(0))
+        per_sender = rate // self.args.senders if rate else 0
         procs = [self.senders.start(h1.netns, h1.ifname, self.frames[workload], count, run_s,
-                                    cpus[i % len(cpus)] if self.args.pin else None)
+                                    cpus[i % len(cpus)] if self.args.pin else None, per_sender)
                  for i in range(self.args.senders)]
         self.children.extend(procs)
         ours = {os.getpid()} | {p.pid for p in procs} | ({tracer.pid} if tracer else set())
@@ -1013,7 +1055,7 @@ class Bench:
                 if p in self.children:
                     self.children.remove(p)
         seconds = t1 - t0
-        rec = {"seq": self.seq, "round": rnd, "workload": workload, "config": config,
+        rec = {"seq": self.seq, "round": rnd, "workload": workload, "config": config, "rate": rate,
                "seconds": round(seconds, 4), "rx": rx1 - rx0, "pps": (rx1 - rx0) / seconds,
                "sent": sent, "refused_batches": refused,
                "tracer_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
@@ -1151,6 +1193,8 @@ class Bench:
                     self.traced(rnd, wl, floor_name(v), tps)
                 self.window(rnd, wl, None)
         results = summarize(self.windows, self.blocks, views, self.args.workloads)
+        if self.args.rates:
+            self.cpu_sweep(views, self.args.rates)
         other = mean([w["other_cpu_pct"] for w in self.windows])
         if other is not None and other > 10:
             self.notes.append(f"other processes used {other:.0f}% of a core on average during the "
@@ -1166,11 +1210,30 @@ class Bench:
                            "workloads": list(self.args.workloads), "senders": self.args.senders,
                            "sender": self.senders.kind, "distinct": self.args.distinct,
                            "interval": self.args.interval, "cpus": os.cpu_count(),
+                           "rates": list(self.args.rates),
                            "pin": self.args.pin, "wait_quiet": self.args.wait_quiet,
                            "kernel": platform.release(), "bpf_stats": self.bpf_stats_fd is not None},
                 "floor_tracepoints": {v: list(t) for v, t in floors.items()},
-                "results": results, "blocks": self.blocks, "windows": self.windows,
+                "results": results, "cpu_sweep": sweep_rows(self.windows),
+                "blocks": self.blocks, "windows": self.windows,
                 "notes": self.notes}
+
+    def cpu_sweep(self, views: Sequence[str], rates: Sequence[int]) -> None:
+        """brtrace's CPU as the frame rate grows: one tracer per view, one
+        unicast window per rate (0: as fast as the senders go). The windows
+        are recorded with config "sweep:VIEW" and summarised by sweep_rows()."""
+        for v in views:
+            self.tracer = Tracer(self.tracer_argv(v, None), self.workdir, f"sweep-{v}")
+            try:
+                self.tracer.start()
+                time.sleep(SETTLE)
+                for rate in rates:
+                    self.window(-1, "unicast", f"sweep:{v}", rate=rate)
+            except LabError as exc:
+                self.notes.append(f"cpu sweep of {v}: {exc}")
+            finally:
+                self.tracer.stop()
+                self.tracer = None
 
     def cleanup(self) -> None:
         """Our children by PID, then our namespaces, then our files. Idempotent."""
@@ -1205,6 +1268,16 @@ def _csv(choices: Sequence[str]):
     return parse
 
 
+def _rates(text: str) -> List[int]:
+    try:
+        rates = [int(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frames per second, comma-separated (got {text!r})")
+    if not rates or any(r < 0 or r > MAX_PPS for r in rates):
+        raise argparse.ArgumentTypeError(f"each rate between 0 and {MAX_PPS} (got {text!r})")
+    return rates
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=3.0, help="seconds per measured window (default 3)")
@@ -1225,6 +1298,9 @@ def parse_args(argv=None):
                          "(other users' tracers) to go away (default 0: do not wait)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin sender i to CPU i (pinning keeps each sender's softirq work on its CPU)")
+    ap.add_argument("--rates", type=_rates, default=[],
+                    help="after the rounds, brtrace's CPU per view at these unicast rates "
+                         "(frames/s, comma-separated, 0 = unlimited), e.g. 1000,10000,100000,0")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also measure ns per BPF program run (kernel BPF stats; adds overhead)")
     ap.add_argument("--python-senders", action="store_true", help="use the slow Python senders")
@@ -1288,6 +1364,9 @@ def main(argv=None) -> int:
               f"{os.cpu_count()} CPUs, {report['elapsed_s']:.0f} s")
         print("\n".join(render_table(report["results"], bpf_stats=report["config"]["bpf_stats"])))
         print("\n".join(legend(report["results"])))
+        sweep = sweep_rows(report["windows"])
+        if sweep:
+            print("\n".join(render_sweep(sweep)))
         for note in report["notes"]:
             print(f"note: {note}")
     print(json.dumps(report, separators=(",", ":")), flush=True)

@@ -238,6 +238,37 @@ def test_default_floor_follows_the_port_hooks():
     assert bench.with_port_hooks(("kfree_skb",), "tcx") == ("kfree_skb",)
 
 
+def test_cpu_sweep_rows_and_rendering():
+    windows = [
+        {"config": None, "pps": 400e3, "seconds": 3.0, "tracer_cpu_s": None},
+        {"config": "loops", "pps": 350e3, "seconds": 3.0, "tracer_cpu_s": 0.03},
+        {"config": "sweep:loops", "rate": 1000, "pps": 1e3, "seconds": 3.0, "tracer_cpu_s": 0.03},
+        {"config": "sweep:loops", "rate": 0, "pps": 350e3, "seconds": 3.0, "tracer_cpu_s": 0.06},
+        {"config": "sweep:loops", "rate": 100000, "pps": 100e3, "seconds": 3.0, "tracer_cpu_s": 0.03},
+    ]
+    rows = bench.sweep_rows(windows)
+    assert [(r["rate"], r["cpu_pct"]) for r in rows] == [(1000, 1.0), (0, 2.0), (100000, 1.0)]
+    (line,) = bench.render_sweep(rows)
+    assert line == "cpu sweep loops: 1 kpps 1.0%, 100 kpps 1.0%, 350 kpps 2.0% (spread 1.0 points)"
+
+
+def test_rates_argument():
+    assert bench.parse_args(["--rates", "1000,0"]).rates == [1000, 0]
+    assert bench.parse_args([]).rates == []
+    for bad in ("fast", "-5", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--rates", bad])
+
+
+def test_paced_sender_arguments():
+    s = bench.Senders.__new__(bench.Senders)
+    s.binary = "/x/brtb-sender"
+    frames = bench.Frames(b"\x00" * 60)
+    assert s.argv(None, "eth0", frames, 10, 1.0, rate=500)[-1] == "500"
+    assert s.argv(None, "eth0", frames, 10, 1.0)[-1] == "1"      # DISTINCT, no rate
+    assert "rate > 0" in bench.SENDER_C and "nanosleep" in bench.SENDER_C
+
+
 def test_tcx_spec():
     assert bench.parse_tcx_spec("/run/netns/brtb-br:2,5,7") == ("/run/netns/brtb-br", [2, 5, 7])
     assert bench.parse_tcx_spec(None) is None
