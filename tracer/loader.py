@@ -168,18 +168,17 @@ EVENTS_MAP = "events"
 CHILD_TIMEOUT = 300.0   # compile + load; ~30 s in the emulated VM of the test lane
 
 
-def prepare_headers() -> str:
+def prepare_headers() -> None:
     """Point bcc at headers it can compile against (BCC_KERNEL_SOURCE, which
-    the loader child inherits); returns what was chosen, for doctor."""
-    headers, note = bcc_kernel_source()
+    the loader child inherits)."""
+    headers, _note = bcc_kernel_source()
     if headers is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
-    return note
 
 
 class LoaderChild:
-    """tracer/loader_child.py, started early: it imports bcc (~0.3 s) while
-    this process works out the kernel's offsets, then compiles and loads on
+    """tracer/loader_child.py, started early: it starts Python and imports
+    bcc (~0.1 s) while this process works out the kernel's offsets, then compiles and loads on
     request and sends back the file descriptors (see there why). close()
     ends it if it was never asked."""
 

@@ -67,6 +67,11 @@ def possible_cpus() -> int:
     return n
 
 
+def _as(ctype, value):
+    """`value` as a ctypes object: as it is if it is one, else ctype(value)."""
+    return value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else ctype(value)
+
+
 class Map:
     """One map: `key` and `value` ctypes types (value per CPU for per-CPU maps)."""
 
@@ -95,8 +100,7 @@ class Map:
         return [self.value.from_buffer_copy(buf, base + i * self._stride) for i in range(self._ncpu)]
 
     def _key(self, key):
-        return key if isinstance(key, ctypes._SimpleCData) or isinstance(key, ctypes.Structure) \
-            else self.key(key)
+        return _as(self.key, key)
 
     def get(self, key):
         """The value (a list, one per CPU, for per-CPU maps), or None if absent."""
@@ -109,7 +113,7 @@ class Map:
 
     def set(self, key, value) -> None:
         k = self._key(key)
-        v = value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else self.value(value)
+        v = _as(self.value, value)
         if lib().bpf_map_update_elem(self.fd, ctypes.byref(k), ctypes.byref(v), 0) != 0:
             err = ctypes.get_errno()
             raise KernelFeatureError(f"cannot update map {self.name}: {os.strerror(err)}",
@@ -158,8 +162,8 @@ class Map:
         out = []
         for i in range(count.value):
             vs = self._values(vals, i * per)
-            k = keys[i]           # a plain int for simple key types: wrap it again
-            out.append((k if isinstance(k, ctypes.Structure) else self.key(k), vs if self.percpu else vs[0]))
+            # keys[i] is a plain int for simple key types: wrap it again
+            out.append((_as(self.key, keys[i]), vs if self.percpu else vs[0]))
         return out
 
 

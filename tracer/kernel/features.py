@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.kernel.btf import VMLINUX_BTF
+from tracer.kernel.tcx import attach_types
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BPF_PROG_TYPE_TRACING = 26  # include/uapi/linux/bpf.h, stable ABI
@@ -85,7 +86,6 @@ class Features:
     def probe(cls, btf=None) -> "Features":
         """`btf`: an open Btf of the running kernel, to tell whether it has tcx
         (its enum bpf_attach_type names BPF_TCX_INGRESS); without one, no tcx."""
-        from tracer.kernel.tcx import attach_types  # noqa: PLC0415 - avoids an import cycle
         return cls(kernel=platform.release(), btf=Path(btf_path()).exists(),
                    tracefs=tracefs_root(), kprobes=kprobes_available(),
                    fentry=fentry_available(),

@@ -28,12 +28,11 @@ def attach_types(btf) -> dict | None:
     None when the kernel has no tcx."""
     try:
         values = btf.enum("bpf_attach_type")
-    except Exception:  # noqa: BLE001 - any BTF trouble means "no tcx known"
+    except KernelFeatureError:
         return None
-    try:
-        return {"ingress": values["BPF_TCX_INGRESS"], "egress": values["BPF_TCX_EGRESS"]}
-    except KeyError:
+    if "BPF_TCX_INGRESS" not in values or "BPF_TCX_EGRESS" not in values:
         return None
+    return {"ingress": values["BPF_TCX_INGRESS"], "egress": values["BPF_TCX_EGRESS"]}
 
 
 @contextmanager

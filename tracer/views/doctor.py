@@ -4,6 +4,7 @@ with the reason for every fallback."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tracer.errors import BrtraceError
 from tracer.kernel.features import Features, btf_path, tracefs_root
@@ -13,11 +14,14 @@ from tracer.output import jsonl
 
 def facts() -> dict:
     """Everything doctor reports, as plain data (also the JSON record)."""
-    f = Features.probe()
-    if f.btf:
-        from tracer.kernel.btf import Btf  # noqa: PLC0415
-        with Btf(btf_path()) as btf:
-            f = Features.probe(btf)
+    if not Path(btf_path()).exists():
+        return _facts(Features.probe(), None)
+    from tracer.kernel.btf import Btf  # noqa: PLC0415
+    with Btf(btf_path()) as btf:
+        return _facts(Features.probe(btf), btf)
+
+
+def _facts(f: Features, btf) -> dict:
     out = {"kind": "doctor", "kernel": f.kernel, "root": os.geteuid() == 0,
            "btf": btf_path() if f.btf else None, "tracefs": f.tracefs,
            "kprobes": f.kprobes, "fentry": f.fentry, "tcx": f.tcx}
@@ -31,22 +35,20 @@ def facts() -> dict:
     except ImportError:
         out["bcc"] = None
     hooks = {}
-    if f.btf:
-        from tracer.kernel.btf import Btf  # noqa: PLC0415
+    if btf is not None:
         from tracer.kernel.reasons import load_reason_table  # noqa: PLC0415
         from tracer.probes import choose  # noqa: PLC0415
-        with Btf(btf_path()) as btf:
-            try:
-                table = load_reason_table(tracefs_root() or "/nonexistent",
-                                          btf_enum=lambda: btf.enum("skb_drop_reason"))
-                out["drop_reasons"] = f"{len(table)} from {table.source}"
-            except BrtraceError as exc:
-                out["drop_reasons"] = f"unavailable: {exc.oneline()}"
-            for c in choose(f, btf.has_tracepoint):
-                hooks[c.hook.name] = {
-                    "mechanism": c.picked.mechanism if c.picked else None,
-                    "target": c.picked.target if c.picked else None,
-                    "required": c.hook.required, "why": c.why}
+        try:
+            table = load_reason_table(tracefs_root() or "/nonexistent",
+                                      btf_enum=lambda: btf.enum("skb_drop_reason"))
+            out["drop_reasons"] = f"{len(table)} from {table.source}"
+        except BrtraceError as exc:
+            out["drop_reasons"] = f"unavailable: {exc.oneline()}"
+        for c in choose(f, btf.has_tracepoint):
+            hooks[c.hook.name] = {
+                "mechanism": c.picked.mechanism if c.picked else None,
+                "target": c.picked.target if c.picked else None,
+                "required": c.hook.required, "why": c.why}
     out["hooks"] = hooks
     return out
 
