@@ -89,6 +89,8 @@
  * indexed by the fingerprint's low bits, so a newer frame displaces an older
  * one of the same slot (a cache, like the LRU it replaced, without the hash). */
 #define FLOOD_KEYS_MAX 16384
+/* Source MACs of flooded frames remembered (forward.bpf.c), a power of two. */
+#define FLOOD_SOURCES 1024
 #define ARP_TARGETS_MAX 4096
 #define ARP_WAYS 4
 

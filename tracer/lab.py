@@ -217,10 +217,13 @@ _SENDER = r"""
 import errno, socket, sys, time
 ifname, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 frame = bytes.fromhex(sys.argv[4])
+seq = int(sys.argv[5]) if len(sys.argv) > 5 else -1
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 s.bind((ifname, 0))
 sent = refused = 0
 for i in range(count):
+    if seq >= 0:
+        frame = frame[:seq] + i.to_bytes(4, "big") + frame[seq + 4:]
     try:
         n = s.send(frame)
         if n != len(frame):
@@ -240,14 +243,19 @@ print(sent, refused)
 
 
 def _sender_argv(netns: str, ifname: str, frame: bytes, count: int,
-                 interval: float) -> List[str]:
+                 interval: float, seq_offset: Optional[int] = None) -> List[str]:
+    if seq_offset is not None and not 0 <= seq_offset <= len(frame) - 4:
+        raise ValueError("seq_offset must leave 4 bytes inside the frame")
     return ns_argv(netns, [CHILD_PYTHON, "-c", _SENDER, ifname, str(count), repr(interval),
-                           frame.hex()])
+                           frame.hex()] + ([str(seq_offset)] if seq_offset is not None else []))
 
 
 def send_frames(netns: str, ifname: str, frame: bytes, count: int,
-                interval: float = 0.0, timeout: Optional[float] = None) -> int:
-    """Send exactly `count` copies of `frame` out of IFNAME inside NETNS.
+                interval: float = 0.0, timeout: Optional[float] = None,
+                seq_offset: Optional[int] = None) -> int:
+    """Send exactly `count` copies of `frame` out of IFNAME inside NETNS;
+    with `seq_offset`, copy i carries i (4 bytes, big-endian) there, so
+    every frame is a new one.
 
     Returns only after the child has sent them all (and says so); raises
     LabError otherwise.  A child process is used because the caller may be
@@ -257,7 +265,7 @@ def send_frames(netns: str, ifname: str, frame: bytes, count: int,
         raise ValueError("count must be >= 0")
     if timeout is None:
         timeout = 10.0 + count * (interval + 0.01)
-    proc = run(_sender_argv(netns, ifname, frame, count, interval), timeout=timeout)
+    proc = run(_sender_argv(netns, ifname, frame, count, interval, seq_offset), timeout=timeout)
     sent = _parse_sent(proc.stdout)
     if sent != count:
         raise LabError("sender reported %d of %d frames" % (sent, count))
@@ -625,16 +633,26 @@ class Lab:
             self.ip(self.bridge_ns, "link", "set", name, "txqueuelen", str(txqueuelen))
         self.ip(self.bridge_ns, "link", "set", name, "master", self.bridge)
         self.ip(self.bridge_ns, "link", "set", name, "up")
+        if reader != "none":
+            self.start_tap_reader(name, reader, hold, max_frames, delay, comm)
+        return tap
+
+    def start_tap_reader(self, name: str, reader: str, hold: float = 120.0,
+                         max_frames: int = 100000, delay: float = 0.0,
+                         comm: Optional[str] = None) -> None:
+        """Give tap NAME (added with reader "none", or stopped) a "stalled" or
+        "reflect" reader, as add_tap() describes: the port gets its carrier now."""
+        tap = self.taps[name]
+        if tap.proc is not None:
+            raise LabError("tap %s already has a reader" % name)
         if reader == "stalled":
             tap.proc = self._start_tap_child(name, _STALLED_READER, [repr(hold)])
         elif reader == "reflect":
             tap.proc = self._start_tap_child(name, _REFLECTOR, [repr(hold), str(max_frames),
                                                                 repr(delay)] + ([comm] if comm else []))
-        return tap
-
-    def _start_stalled_reader(self, name: str, hold: float) -> subprocess.Popen:
-        """Start (and wait for) a child holding the tap's fd without reading."""
-        return self._start_tap_child(name, _STALLED_READER, [repr(hold)])
+        else:
+            raise ValueError("reader must be 'stalled' or 'reflect'")
+        tap.reader = reader
 
     def _start_tap_child(self, name: str, script: str, args: Sequence[str]) -> subprocess.Popen:
         """Start a child that attaches to tap NAME; return once it says "ready".
@@ -665,6 +683,7 @@ class Lab:
         proc, tap.proc = tap.proc, None
         if proc is None:
             return None
+        tap.reader = "none"
         _kill_pid(proc, grace=timeout)
         out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         for stream in (proc.stdout, proc.stderr):

@@ -74,6 +74,63 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     assert t.ports()[gw.port]["echoes"] == 0 and t.ports()[vm.port]["returns"] == 0
 
 
+# Loop-window size and table size of forward.bpf.c (bpf/brtrace.h).
+FLOOD_KEYS_MAX = 16384
+M64 = (1 << 64) - 1
+
+
+def flood_slot(frame: bytes) -> int:
+    """The fingerprint-table slot forward.bpf.c's fingerprint() gives a frame:
+    used only to pick burst frames that do not share a slot (a direct-mapped
+    table forgets the older of two such frames, by design)."""
+    n = min(len(frame), 64)
+    h = 0xCBF29CE484222325
+    for i in range(8):
+        rem = n - i * 8
+        x = int.from_bytes(frame[i * 8:i * 8 + 8].ljust(8, b"\0"), "little") if rem > 0 else 0
+        if 0 < rem < 8:
+            x &= (1 << (rem * 8)) - 1
+        h = ((h ^ x) * 0x100000001B3) & M64
+        h ^= h >> 29
+    return (h ^ n) & (FLOOD_KEYS_MAX - 1)
+
+
+@pytest.mark.parametrize("hooks", sorted(PORT_HOOKS))
+def test_burst_from_a_steady_source_comes_back_counted(lab, tracer_factory, hooks):
+    """A VM floods alone for longer than the loop window, so brtrace writes
+    its frames' entries without reading them (they cannot be returns); then a
+    reflecting tap appears and the VM sends a burst of distinct broadcasts
+    back to back, which all come back after it. Each is counted: the first
+    return marks the VM's source (it entered by a second port), which keeps
+    the rest checked."""
+    vm = lab.host(1)
+    env, probe = PORT_HOOKS[hooks]
+    tap = lab.add_tap(lab.prefix + "t3o")   # no reader yet: no carrier, the bridge skips it
+    t = tracer_factory(*loops_cmd(lab), env=env)
+    seq = 14  # the counter sits at the first payload byte
+    send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"\0" * 4 + b"steady"),
+                30, interval=0.02, seq_offset=seq)          # 0.6 s > LOOP_WINDOW_NS (0.2 s)
+    B = 32
+    for salt in range(256):
+        burst = ether(BROADCAST, vm.mac, ETH_P_LAB, b"\0" * 4 + b"burst" + bytes([salt]))
+        frames = [burst[:seq] + i.to_bytes(4, "big") + burst[seq + 4:] for i in range(B)]
+        if len({flood_slot(f) for f in frames}) == B:
+            break
+    # Each frame back 4 ms after the tap read it: the whole burst is sent
+    # before the first comes back, and the last is back well within the window.
+    lab.start_tap_reader(tap.name, "reflect", max_frames=10000, delay=0.004)
+    send_frames(vm.netns, vm.ifname, burst, B, seq_offset=seq)
+    t.stop(settle=0.8)
+    # Stopped after brtrace: a port without carrier is not reported as looping.
+    assert lab.stop_tap_reader(tap.name) == B
+    counters = t.ports()
+    assert counters[tap.name]["returns"] == B and counters[tap.name]["reentries"] == 0
+    assert counters[vm.port]["returns"] == 0 and counters[vm.port]["rx_broadcast"] == 30 + B
+    (loop,) = t.findings("l2_loop")
+    assert loop["ports"] == [tap.name] and loop["evidence"]["per_port"][tap.name]["returned"] == B
+    assert t.kind("summary")[0]["probes"]["ports"] == probe
+
+
 def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):
     loop = lab.add_peer_bridge_loop(links=2, stp=False, hold=30)
     link_ports = sorted(p for p, _peer in loop.links)
