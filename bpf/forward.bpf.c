@@ -118,6 +118,9 @@ struct hit {
 	__u32 wire;       /* frame size from the MAC header */
 	__u64 now;        /* 0 until hit_now() */
 	struct port_ctrs *pc;  /* this CPU's counters of the port */
+	__u32 echo;       /* records owed by this frame (hit_records()) */
+	__u32 loop_how;
+	__u32 loop_first;
 #if PORT_HOOK_TCX
 	struct __sk_buff *skb;
 #else
@@ -154,11 +157,13 @@ static __always_inline int copy_frame(const struct hit *h, void *dst, __u32 n, _
 #if PORT_HOOK_TCX
 	/* bpf_skb_load_bytes() wants a length the verifier can bound to
 	 * [1, size]; a frame shorter than size (a 42-byte ARP) is copied whole. */
-	if (n > size)
-		n = size;
-	if (n < 1)
+	/* 64 bits wide: a u32 is tested in a zero-extended copy, which the
+	 * verifier does not connect to the register passed to the helper. */
+	__u64 len = n > size ? size : n;
+	asm volatile("" : "+r"(len));
+	if (len < 1)
 		return -1;
-	return bpf_skb_load_bytes(h->skb, 0, dst, n);
+	return bpf_skb_load_bytes(h->skb, 0, dst, len);
 #else
 	/* A kernel read may run past a short frame into its buffer's tailroom:
 	 * harmless, and the length saying what is valid travels beside it. */
@@ -205,6 +210,24 @@ static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u3
 	if (copy_frame(h, ev->frame, h->wire, FRAME_BYTES) != 0)
 		ev->frame_len = 0;
 	event_submit(kind, ev);
+}
+
+/* The records a frame entering a port owes (an own-address echo, a frame
+ * back again, or both), from one frame_event() call site in a loop the
+ * compiler must not unroll: each inlined copy of frame_event() is code every
+ * frame carries through the instruction cache. */
+static __always_inline void hit_records(struct hit *h)
+{
+	if (!(h->echo | h->loop_how))
+		return;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < 2; i++) {
+		int loop = i == 1;
+		if (loop ? !h->loop_how : !h->echo)
+			continue;
+		frame_event(loop ? EVENT_LOOP : EVENT_ECHO, h, loop ? h->loop_how : 0,
+			    loop ? h->loop_first : 0);
+	}
 }
 
 static __always_inline int is_own_mac(const __u8 *mac)
@@ -286,30 +309,30 @@ static __always_inline void arp_seen(__u32 slot, struct port_ctrs *pc, const __u
 	} else {
 		return;
 	}
-	if (op == 1 && !gratuitous) {
-		struct arp_target *t = arp_entry(tpa);
-		if (!t)
-			return;
-		__sync_fetch_and_add(&t->requests, 1);
-		t->asker_slot = slot;
+	/* One arp_entry() call site: it is inlined (bcc has no BPF-to-BPF
+	 * calls), and every copy is code the packet path has to carry. A
+	 * request counts against its target; a claim (ip 0: an ARP probe,
+	 * RFC 5227, claims nothing yet) against its sender. */
+	int request = op == 1 && !gratuitous;
+	struct arp_target *e = arp_entry(request ? tpa : spa);
+	if (!e)
+		return;
+	if (request) {
+		__sync_fetch_and_add(&e->requests, 1);
+		e->asker_slot = slot;
 		return;
 	}
-	if (!spa)
-		return;  /* ARP probe (RFC 5227): claims nothing yet */
 	__u8 sha[6];
 	__builtin_memcpy(sha, buf + 22, 6);
-	struct arp_target *c = arp_entry(spa);
-	if (!c)
-		return;
-	__sync_fetch_and_add(&c->replies, 1);
+	__sync_fetch_and_add(&e->replies, 1);
 	const __u8 zero[6] = {};
-	if (same_mac(c->mac, zero)) {
-		__builtin_memcpy(c->mac, sha, 6);
-		c->claimer_slot = slot;
-	} else if (!same_mac(c->mac, sha)) {
-		__sync_fetch_and_add(&c->conflicts, 1);
-		__builtin_memcpy(c->other_mac, sha, 6);
-		c->other_slot = slot;
+	if (same_mac(e->mac, zero)) {
+		__builtin_memcpy(e->mac, sha, 6);
+		e->claimer_slot = slot;
+	} else if (!same_mac(e->mac, sha)) {
+		__sync_fetch_and_add(&e->conflicts, 1);
+		__builtin_memcpy(e->other_mac, sha, 6);
+		e->other_slot = slot;
 	}
 }
 
@@ -393,7 +416,8 @@ static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int
 		count(h->pc, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
 		if (arp)
 			count(h->pc, PC_ARP_DUPLICATES, 1);
-		frame_event(EVENT_LOOP, h, how, p->in_ifindex);
+		h->loop_how = how;
+		h->loop_first = p->in_ifindex;
 		t->tick = tick;
 		if (src)
 			src->tick = tick;  /* its next frames may come back too */
@@ -475,7 +499,7 @@ static __always_inline int rx_frame(struct hit *h, const __u8 *buf, int arp_ok)
 		/* br_fdb_update() would log "received packet on X with own address
 		 * as source address" (rate-limited); this is the exact count. */
 		count(h->pc, PC_ECHOES, 1);
-		frame_event(EVENT_ECHO, h, 0, 0);
+		h->echo = 1;
 	}
 	if (!(buf[0] & 1))
 		return 0;  /* unicast: no fingerprint needed */
@@ -568,6 +592,7 @@ int port_ingress(struct __sk_buff *skb)
 		if (tc_words(skb, words) == 0)
 			flood_ingress(&h, words, is_arp((const __u8 *)words));
 	}
+	hit_records(&h);
 	return TCX_NEXT_;
 }
 
@@ -619,6 +644,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	const __u8 *buf = (const __u8 *)words;
 	if (rx_frame(&h, buf, 1))
 		flood_ingress(&h, words, is_arp(buf));
+	hit_records(&h);
 	return 0;
 }
 

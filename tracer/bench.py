@@ -344,8 +344,9 @@ def legend(results: Sequence[dict]) -> List[str]:
         "ratio: traced / untraced delivered pps (untraced: the windows just before and after each",
         "  traced one; 1.0 = free); floor ratio: the same for a BPF program that only counts, on",
         "  the tracepoints the view uses; cv%: spread of all untraced windows of the workload;",
-        "  cpu%: brtrace's own CPU (user+sys) as % of one core, in the window (its BPF programs",
-        "  run in softirq context and are billed to the senders, see --bpf-stats);",
+        "  cpu%: brtrace's own CPU (user+sys) as % of one core, in the window, on the CPUs the",
+        "  pinned senders leave (its BPF programs run in softirq context and are billed to the",
+        "  senders, see --bpf-stats);",
         "  rss: peak (VmHWM); maps: memlock bytes of its BPF maps; lost/limited: events the summary",
         "  says were lost (ring full) / rate-limited; ready: start to attached (compile + load);",
         "  hooks/pkt: tracepoint hits per frame sent (counted by the floor); busy: windows of the row",
@@ -881,10 +882,24 @@ def doctor_ports_mechanism() -> Optional[str]:
         return None
 
 
+def pin_threads(pid: int, cpus: set) -> None:
+    """sched_setaffinity() for every thread of PID (affinity is per thread)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass   # a thread that just ended
+
+
 class Tracer:
     """One tracer child (a brtrace view, or the floor): started, waited for, stopped."""
 
-    def __init__(self, argv: List[str], workdir: Path, tag: str):
+    def __init__(self, argv: List[str], workdir: Path, tag: str, cpus: Optional[set] = None):
+        self.cpus = cpus
         self.ready = workdir / f"{tag}.ready"
         self.out_path = workdir / f"{tag}.out"
         self.err_path = workdir / f"{tag}.err"
@@ -914,6 +929,10 @@ class Tracer:
             time.sleep(0.02)
         self.ready_s = time.monotonic() - t0
         self.start_cpu_s = cpu_seconds(self.proc.pid)
+        if self.cpus:
+            # After start-up (which may use every CPU, as it would on a host),
+            # every thread it has; threads made later inherit it.
+            pin_threads(self.proc.pid, self.cpus)
 
     @property
     def pid(self) -> Optional[int]:
@@ -1112,10 +1131,21 @@ class Bench:
         self.port = free_loopback_port()
         return argv + [a.replace("{port}", str(self.port)) for a in spec.extra_args]
 
+    def tracer_cpus(self) -> Optional[set]:
+        """With pinned senders, the CPUs they leave free: once attached, the
+        tracer (and the floor) run there, so the delivered rate measures the
+        kernel-side cost and brtrace's own CPU shows in cpu%, not in the rate
+        as well. None: no such CPU."""
+        if not self.args.pin:
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+        free = set(cpus) - {cpus[i % len(cpus)] for i in range(self.args.senders)}
+        return free or None
+
     def traced(self, rnd: int, workload: str, config: str, floor_tps: Optional[tuple] = None) -> Optional[dict]:
         block = {"round": rnd, "workload": workload, "config": config}
         self.tracer = Tracer(self.tracer_argv(config, floor_tps), self.workdir,
-                             f"{config.replace(':', '-')}-{rnd}-{workload}")
+                             f"{config.replace(':', '-')}-{rnd}-{workload}", self.tracer_cpus())
         summary = None
         try:
             self.tracer.start()
@@ -1211,7 +1241,7 @@ class Bench:
                            "sender": self.senders.kind, "distinct": self.args.distinct,
                            "interval": self.args.interval, "cpus": os.cpu_count(),
                            "rates": list(self.args.rates),
-                           "pin": self.args.pin, "wait_quiet": self.args.wait_quiet,
+                           "pin": self.args.pin, "tracer_cpus": sorted(self.tracer_cpus() or []), "wait_quiet": self.args.wait_quiet,
                            "kernel": platform.release(), "bpf_stats": self.bpf_stats_fd is not None},
                 "floor_tracepoints": {v: list(t) for v, t in floors.items()},
                 "results": results, "cpu_sweep": sweep_rows(self.windows),
@@ -1297,7 +1327,8 @@ def parse_args(argv=None):
                     help="before each window, wait up to SECONDS for other tracing BPF programs "
                          "(other users' tracers) to go away (default 0: do not wait)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
-                    help="do not pin sender i to CPU i (pinning keeps each sender's softirq work on its CPU)")
+                    help="do not pin sender i to CPU i (pinning keeps each sender's softirq work "
+                         "on its CPU), nor the tracer, once attached, to the CPUs they leave")
     ap.add_argument("--rates", type=_rates, default=[],
                     help="after the rounds, brtrace's CPU per view at these unicast rates "
                          "(frames/s, comma-separated, 0 = unlimited), e.g. 1000,10000,100000,0")

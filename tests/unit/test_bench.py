@@ -346,3 +346,16 @@ def test_metrics_view_gets_a_port_placeholder():
     assert spec.metrics and not spec.json
     assert any("{port}" in a for a in spec.extra_args)
     assert all("127.0.0.1" in a for a in spec.extra_args if "{port}" in a)   # loopback only
+
+
+@pytest.mark.parametrize("cpus,senders,pin,expected", [
+    ({0, 1}, 1, True, {1}),            # the default on 2 CPUs: one sender, one CPU for the tracer
+    ({0, 1, 2, 3}, 2, True, {2, 3}),
+    ({0, 1}, 2, True, None),           # no CPU left: the tracer is not pinned
+    ({0, 1}, 1, False, None),
+])
+def test_tracer_runs_on_the_cpus_the_pinned_senders_leave(monkeypatch, cpus, senders, pin, expected):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: cpus)
+    b = bench.Bench.__new__(bench.Bench)
+    b.args = type("Args", (), {"pin": pin, "senders": senders})()
+    assert b.tracer_cpus() == expected
