@@ -171,28 +171,42 @@ static __always_inline int copy_frame(const struct hit *h, void *dst, __u32 n, _
 #endif
 }
 
-/* A 64-bit mix over the frame's first FINGERPRINT_BYTES, never past its end:
+/* A 64-bit hash of the frame's first FINGERPRINT_BYTES, never past its end:
  * a frame that went through userspace (a VPN tap) comes back in a new buffer
- * whose bytes after the frame differ. Eight fixed word steps (no
- * data-dependent loop exit): with a byte loop and `break`, clang unrolled
- * partially and the verifier refused "invalid read from stack". */
+ * whose bytes after the frame differ. `w` holds them zero past the end when
+ * read in place (tc_words()); a tracepoint's kernel read copies whatever
+ * follows the frame, so that path clips here. Each word is multiplied by its
+ * own odd constant and the products are summed, so no step waits for the
+ * previous one's multiply (a chained mix cost twice as long, on every flooded
+ * frame twice); a final mix makes every bit depend on every word, since the
+ * low bits pick the table slot and the high ones are the tag. */
+_Static_assert(FINGERPRINT_BYTES == 64, "fingerprint() sums eight words");
+
 static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
 {
-	__u64 h = 0xcbf29ce484222325ULL;
-	__s32 n = len < FINGERPRINT_BYTES ? (__s32)len : FINGERPRINT_BYTES;
+	__u32 n = len < FINGERPRINT_BYTES ? len : FINGERPRINT_BYTES;
+	__u64 x[FINGERPRINT_BYTES / 8];
 #pragma unroll
 	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++) {
-		__u64 x = w[i];
-		__s32 rem = n - i * 8;
+		x[i] = w[i];
+#if !PORT_HOOK_TCX
+		__s32 rem = (__s32)n - i * 8;
 		if (rem <= 0)
-			x = 0;
+			x[i] = 0;
 		else if (rem < 8)
-			x &= (1ULL << (rem * 8)) - 1;
-		h ^= x;
-		h *= 0x100000001b3ULL;
-		h ^= h >> 29;
+			x[i] &= (1ULL << (rem * 8)) - 1;
+#endif
 	}
-	return h ^ (__u64)n;
+	__u64 h = n * 0x9E3779B97F4A7C15ULL +
+		  x[0] * 0xA0761D6478BD642FULL + x[1] * 0xE7037ED1A0B428DBULL +
+		  x[2] * 0x8EBC6AF09C88C6E3ULL + x[3] * 0x589965CC75374CC3ULL +
+		  x[4] * 0x1D8E4E27C47D124FULL + x[5] * 0xEB44ACCAB455D165ULL +
+		  x[6] * 0xC2B2AE3D27D4EB4FULL + x[7] * 0x165667B19E3779F9ULL;
+	h ^= h >> 31;
+	h *= 0xBF58476D1CE4E5B9ULL;
+	h ^= h >> 27;
+	h *= 0x94D049BB133111EBULL;
+	return h ^ (h >> 31);
 }
 
 static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u32 first_ifindex)

@@ -79,20 +79,25 @@ FLOOD_KEYS_MAX = 16384
 M64 = (1 << 64) - 1
 
 
+_FP_ODD = (0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3, 0x589965CC75374CC3,
+           0x1D8E4E27C47D124F, 0xEB44ACCAB455D165, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
+
+
 def flood_slot(frame: bytes) -> int:
     """The fingerprint-table slot forward.bpf.c's fingerprint() gives a frame:
     used only to pick burst frames that do not share a slot (a direct-mapped
     table forgets the older of two such frames, by design)."""
     n = min(len(frame), 64)
-    h = 0xCBF29CE484222325
-    for i in range(8):
-        rem = n - i * 8
-        x = int.from_bytes(frame[i * 8:i * 8 + 8].ljust(8, b"\0"), "little") if rem > 0 else 0
-        if 0 < rem < 8:
-            x &= (1 << (rem * 8)) - 1
-        h = ((h ^ x) * 0x100000001B3) & M64
-        h ^= h >> 29
-    return (h ^ n) & (FLOOD_KEYS_MAX - 1)
+    words = [int.from_bytes(frame[i:i + 8][:max(0, n - i)].ljust(8, b"\0"), "little")
+             for i in range(0, 64, 8)]
+    h = n * 0x9E3779B97F4A7C15 + sum(w * k for w, k in zip(words, _FP_ODD))
+    h &= M64
+    h ^= h >> 31
+    h = (h * 0xBF58476D1CE4E5B9) & M64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & M64
+    h ^= h >> 31
+    return h & (FLOOD_KEYS_MAX - 1)
 
 
 @pytest.mark.parametrize("hooks", sorted(PORT_HOOKS))
