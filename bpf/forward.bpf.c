@@ -156,8 +156,8 @@ static __always_inline int copy_frame(const struct hit *h, void *dst, __u32 n, _
 {
 #if PORT_HOOK_TCX
 	/* bpf_skb_load_bytes() wants a length the verifier can bound to
-	 * [1, size]; a frame shorter than size (a 42-byte ARP) is copied whole. */
-	/* 64 bits wide: a u32 is tested in a zero-extended copy, which the
+	 * [1, size]; a frame shorter than size (a 42-byte ARP) is copied whole.
+	 * 64 bits wide: a u32 is tested in a zero-extended copy, which the
 	 * verifier does not connect to the register passed to the helper. */
 	__u64 len = n > size ? size : n;
 	asm volatile("" : "+r"(len));
@@ -443,6 +443,14 @@ static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int
 	flood_new(t, p, fp, tick, slot, h->ifindex);
 }
 
+static __always_inline void mask_add(__u64 *mask, __u32 slot)
+{
+	if (slot < 64)
+		mask[0] |= 1ULL << slot;
+	else
+		mask[1] |= 1ULL << (slot - 64);
+}
+
 /* A flooded frame leaving through a port: note the port on its entry. */
 static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 {
@@ -451,21 +459,18 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 	struct flood_path *p;
 	if (!flood_entries(fp, &t, &p))
 		return;
-	__u32 slot = h->slot;
 	__u32 zero = 0;
 	struct flood_current *cur = flood_current.lookup(&zero);
-	if (cur && cur->fp == fp) {
-		/* One of the clones of the frame this CPU just let in: store its
-		 * out-mask whole, without reading the entry. */
-		if (slot < 64)
-			cur->out_mask[0] |= 1ULL << slot;
-		else
-			cur->out_mask[1] |= 1ULL << (slot - 64);
-		p->out_mask[0] = cur->out_mask[0];
-		p->out_mask[1] = cur->out_mask[1];
+	if (!cur)
 		return;
-	}
-	if (t->tag != (__u32)(fp >> 32)) {
+	if (cur->fp != fp) {
+		if (t->tag == (__u32)(fp >> 32)) {
+			/* A frame back again, flooded anew: add to its entry. Not
+			 * atomic: br_flood() clones the frame to one port after the
+			 * other on one CPU, so the writers of one entry take turns. */
+			mask_add(p->out_mask, h->slot);
+			return;
+		}
 		/* Not seen entering: the bridge itself sent it (br_dev_xmit()).
 		 * Its source entered by no port, so mark it: a copy that comes
 		 * back is then checked. */
@@ -473,20 +478,13 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 		int steady;
 		flood_source(words, 0, tick, &steady);
 		flood_new(t, p, fp, tick, 0, 0);
-		cur = flood_now(fp);
-		if (cur) {
-			if (slot < 64)
-				cur->out_mask[0] |= 1ULL << slot;
-			else
-				cur->out_mask[1] |= 1ULL << (slot - 64);
-		}
+		flood_now(fp);
 	}
-	/* Not atomic: br_flood() clones the frame to one port after the other
-	 * on one CPU, so the writers of one entry take turns. */
-	if (slot < 64)
-		p->out_mask[0] |= 1ULL << slot;
-	else
-		p->out_mask[1] |= 1ULL << (slot - 64);
+	/* One of the clones of the frame this CPU let in last: store its
+	 * out-mask whole, without reading the entry. */
+	mask_add(cur->out_mask, h->slot);
+	p->out_mask[0] = cur->out_mask[0];
+	p->out_mask[1] = cur->out_mask[1];
 }
 
 /* Count the frame in `packets` and `packets + 1` (the matching bytes counter). */

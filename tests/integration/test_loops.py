@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tracer import abi
+from tracer.bench import Frames
 from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
 
 pytestmark = pytest.mark.integration
@@ -74,8 +76,7 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     assert t.ports()[gw.port]["echoes"] == 0 and t.ports()[vm.port]["returns"] == 0
 
 
-# Loop-window size and table size of forward.bpf.c (bpf/brtrace.h).
-FLOOD_KEYS_MAX = 16384
+FLOOD_KEYS_MAX, FINGERPRINT_BYTES = abi.CONST["FLOOD_KEYS_MAX"], abi.CONST["FINGERPRINT_BYTES"]
 M64 = (1 << 64) - 1
 
 
@@ -87,9 +88,9 @@ def flood_slot(frame: bytes) -> int:
     """The fingerprint-table slot forward.bpf.c's fingerprint() gives a frame:
     used only to pick burst frames that do not share a slot (a direct-mapped
     table forgets the older of two such frames, by design)."""
-    n = min(len(frame), 64)
+    n = min(len(frame), FINGERPRINT_BYTES)
     words = [int.from_bytes(frame[i:i + 8][:max(0, n - i)].ljust(8, b"\0"), "little")
-             for i in range(0, 64, 8)]
+             for i in range(0, FINGERPRINT_BYTES, 8)]
     h = n * 0x9E3779B97F4A7C15 + sum(w * k for w, k in zip(words, _FP_ODD))
     h &= M64
     h ^= h >> 31
@@ -118,8 +119,8 @@ def test_burst_from_a_steady_source_comes_back_counted(lab, tracer_factory, hook
     B = 32
     for salt in range(256):
         burst = ether(BROADCAST, vm.mac, ETH_P_LAB, b"\0" * 4 + b"burst" + bytes([salt]))
-        frames = [burst[:seq] + i.to_bytes(4, "big") + burst[seq + 4:] for i in range(B)]
-        if len({flood_slot(f) for f in frames}) == B:
+        numbered = Frames(burst, seq, B)   # what send_frames(seq_offset=seq) sends
+        if len({flood_slot(numbered.frame(i)) for i in range(B)}) == B:
             break
     # Each frame back 4 ms after the tap read it: the whole burst is sent
     # before the first comes back, and the last is back well within the window.
