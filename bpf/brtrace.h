@@ -81,6 +81,11 @@
 /* A flooded frame seen again within this window (ns) counts as looping: loops
  * return in micro- to milliseconds, ARP retransmits come a second apart. */
 #define LOOP_WINDOW_NS 200000000ULL
+/* The fake helper number the C code calls for bpf_rdonly_cast(); the loader
+ * rewrites each such call into a kfunc call (tracer/kernel/kfunc.py). Far
+ * above any real helper, so no genuine call is mistaken for it. */
+#define KFUNC_MARK_RDONLY_CAST 32001
+
 /* Per-CPU device verdicts kept by watched() (common.bpf.h); a power of two. */
 #define DEV_CACHE_SLOTS 512
 /* Bytes of a frame that make its fingerprint. */

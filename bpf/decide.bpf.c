@@ -34,7 +34,7 @@ static __always_inline void decide(__u32 slot, int d)
 static __always_inline __u32 ingress_slot(const void *skb)
 {
 	__u32 ifindex = 0;
-	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
+	__u32 w = watched(SKB_DEV(skb), &ifindex);
 	if (!(w & WATCH_PORT))
 		return MAX_PORTS;  /* not one of our ports: ignore */
 	return (w >> WATCH_SLOT_SHIFT) & (MAX_PORTS - 1);

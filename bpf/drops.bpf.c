@@ -26,7 +26,7 @@ static __always_inline void sample(const void *skb, struct drop_key *key, __u64 
 		return;
 	ev->kind = EVENT_DROP;
 	ev->ethertype = key->ethertype;
-	ev->vlan_tci = read_u16(skb + SKB_VLAN_TCI_OFF);
+	ev->vlan_tci = KREAD(__u16, BTF_ID_SK_BUFF, skb, SKB_VLAN_TCI_OFF);
 	ev->pad0 = 0;
 	ev->ifindex = key->ifindex;
 	ev->reason = key->reason;
@@ -58,9 +58,9 @@ static __always_inline void neigh_drop(const void *dev, __u32 reason)
 		return;
 	struct neigh_drop_key k = {};
 	k.reason = reason;
-	k.ifindex = dev ? read_u32(dev + DEV_IFINDEX_OFF) : 0;
-	const void *net = dev ? (const void *)read_u64(dev + DEV_ND_NET_OFF) : NULL;
-	k.netns = net ? read_u32(net + NET_NS_INUM_OFF) : 0;
+	k.ifindex = dev ? KREAD(__u32, BTF_ID_NET_DEVICE, dev, DEV_IFINDEX_OFF) : 0;
+	const void *net = dev ? (const void *)KREAD(__u64, BTF_ID_NET_DEVICE, dev, DEV_ND_NET_OFF) : NULL;
+	k.netns = net ? KREAD(__u32, BTF_ID_NET, net, NET_NS_INUM_OFF) : 0;
 	__u64 one = 1;
 	__u64 *n = neigh_drops.lookup(&k);
 	if (n)
@@ -73,7 +73,7 @@ static __always_inline void neigh_drop(const void *dev, __u32 reason)
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	const void *skb = (const void *)ctx->args[ARG_SKB];
-	const void *dev = (const void *)read_u64(skb + SKB_DEV_OFF);
+	const void *dev = SKB_DEV(skb);
 	__u32 ifindex = watched_ifindex(dev);
 #if NEIGH_DROPS
 	neigh_drop(dev, (__u32)ctx->args[ARG_REASON]);
@@ -85,7 +85,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	key.location = ctx->args[ARG_LOCATION];
 	key.ifindex = ifindex;
 	key.reason = (__u32)ctx->args[ARG_REASON];
-	key.ethertype = bpf_ntohs(read_u16(skb + SKB_PROTOCOL_OFF));
+	key.ethertype = bpf_ntohs(KREAD(__u16, BTF_ID_SK_BUFF, skb, SKB_PROTOCOL_OFF));
 
 	stat_inc(STAT_DROPS_SEEN);
 	__u64 one = 1;

@@ -635,7 +635,7 @@ int port_egress(struct __sk_buff *skb)
 /* Shared start of both hooks: is the device ours, and count the frame. */
 static __always_inline int tp_hit(const void *skb, int packets, struct hit *h)
 {
-	h->watch = watched((const void *)read_u64(skb + SKB_DEV_OFF), &h->ifindex);
+	h->watch = watched(SKB_DEV(skb), &h->ifindex);
 	if (!h->watch)
 		return 0;
 	h->start = frame_start(skb, &h->wire);

@@ -277,7 +277,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
 	const void *skb = (const void *)ctx->args[ARG_RX_SKB];
 	__u32 ifindex = 0;
-	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
+	__u32 w = watched(SKB_DEV(skb), &ifindex);
 	if (!w)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
@@ -296,7 +296,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
 	const void *skb = (const void *)ctx->args[ARG_TX_SKB];
 	__u32 ifindex = 0;
-	__u32 w = watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex);
+	__u32 w = watched(SKB_DEV(skb), &ifindex);
 	if (!w)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
@@ -315,7 +315,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	const void *skb = (const void *)ctx->args[ARG_SKB];
 	__u32 ifindex = 0;
-	if (!watched((const void *)read_u64(skb + SKB_DEV_OFF), &ifindex))
+	if (!watched(SKB_DEV(skb), &ifindex))
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct trace_event *ev = build(SCRATCH_FREE, skb, ifindex, STEP_FREED, now);

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tracer import abi
 from tracer.errors import BrtraceError, KernelFeatureError
 from tracer.kernel.btf import Btf
-from tracer.kernel import bpfmaps
+from tracer.kernel import bpfmaps, kfunc
 from tracer.kernel.headers import bcc_kernel_source
 from tracer.kernel.tcx import DIRECTIONS, TcxLinks
 
@@ -95,8 +95,9 @@ FIELD_DEFINES = COMMON_FIELDS
 ARG_DEFINES = GROUPS["drops.bpf.c"][1]
 
 
-def kernel_defines(btf: Btf, sources=("drops.bpf.c",)) -> dict[str, int]:
-    """Offsets and argument positions for this kernel, from its BTF."""
+def kernel_defines(btf: Btf, sources=("drops.bpf.c",), direct_reads: bool = False) -> dict[str, int]:
+    """Offsets and argument positions for this kernel, from its BTF; with
+    direct_reads (Features.direct_reads), the BTF ids KREAD() casts to."""
     fields = list(COMMON_FIELDS)
     args = []
     for src in sources:
@@ -112,6 +113,9 @@ def kernel_defines(btf: Btf, sources=("drops.bpf.c",)) -> dict[str, int]:
     out["SKB_SPAN_LEN"] = max(f.offset + f.size for f in span) - out["SKB_SPAN_START"]
     for name, tp, type_name in args:
         out[name] = btf.arg_index(tp, type_name)
+    ids = kfunc.cast_ids(btf) if direct_reads else None
+    out["KERNEL_READS_DIRECT"] = int(ids is not None)
+    out.update(ids or {})
     return out
 
 

@@ -41,12 +41,38 @@ def import_bcc():
     return bcc
 
 
+def rewrite_before_load(bcc, marks: dict) -> None:
+    """Have bcc rewrite fake-helper calls into kfunc calls in each function's
+    instructions, in its own buffer, just before it loads the function
+    (bcc.BPF() loads tracepoint programs itself, from its constructor)."""
+    from tracer.kernel.kfunc import rewrite_kfunc_calls  # noqa: PLC0415
+    lib, original = bcc.lib, bcc.BPF.load_func
+
+    def load_func(self, func_name, prog_type, device=None, attach_type=-1):
+        name = func_name.encode() if isinstance(func_name, str) else func_name
+        if name not in self.funcs:
+            start = lib.bpf_function_start(self.module, name)
+            size = lib.bpf_function_size(self.module, name)
+            if start and size:
+                rewrite_kfunc_calls((ctypes.c_uint8 * size).from_address(start), marks)
+        return original(self, func_name, prog_type, device, attach_type)
+
+    bcc.BPF.load_func = load_func
+
+
+def kfunc_marks() -> dict:
+    from tracer.kernel.kfunc import marks  # noqa: PLC0415
+    return marks()
+
+
 def build(req: dict, bcc) -> tuple[dict, list]:
     from tracer import abi
     from tracer.loader import assemble
     if bcc is None:
         return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
 
+    if req["defines"].get("KERNEL_READS_DIRECT"):
+        rewrite_before_load(bcc, {mark: req["defines"][name] for mark, name in kfunc_marks().items()})
     text = assemble(req["sources"])
     cflags = [f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"]
     cflags += [f"-D{k}={v}" for k, v in sorted(req["defines"].items())]

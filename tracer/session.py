@@ -130,7 +130,7 @@ class BridgeRun:
                                          "run `brtrace doctor`")
             self.port_hooks = ports.mechanism
         tcx = self.port_hooks == "tcx"
-        defines = kernel_defines(self.kernel.btf, self.sources)
+        defines = kernel_defines(self.kernel.btf, self.sources, self.kernel.features.direct_reads)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        RINGBUF_PAGES=64)
         defines.update(self.extra_defines, PORT_HOOK_TCX=int(tcx))

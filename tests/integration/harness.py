@@ -133,3 +133,30 @@ def wait_unloaded(ids: set, timeout: float = 10.0) -> set:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def direct_reads() -> tuple[bool, str]:
+    """Does this kernel take bpf_rdonly_cast() (what `brtrace doctor` reports)?"""
+    from tracer.kernel.btf import Btf
+    from tracer.kernel.kfunc import rdonly_cast_usable
+    from tracer.kernel.features import kprobes_available
+    with Btf() as btf:
+        return rdonly_cast_usable(btf, kprobes_available())
+
+
+# The two ways the raw tracepoint programs read kernel memory: plain loads
+# through the kfunc where the kernel has it, and bpf_probe_read_kernel(), the
+# fallback older kernels get (forced with BRTRACE_AVOID). name -> (env, summary's
+# kernel_reads).
+READS = {"kfunc": ({}, "kfunc:bpf_rdonly_cast"),
+         "helper": ({"BRTRACE_AVOID": "kfunc"}, "helper:bpf_probe_read_kernel")}
+
+
+def reads_env(reads: str) -> dict:
+    """The environment for one of READS; skips the kfunc way where the kernel lacks it."""
+    if reads == "kfunc":
+        ok, why = direct_reads()
+        if not ok:
+            import pytest
+            pytest.skip(f"no direct kernel reads here: {why}")
+    return READS[reads][0]

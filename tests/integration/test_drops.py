@@ -8,6 +8,7 @@ Ground truth per fault was measured with tracefs on 6.18 (tracer.lab.FAULTS).
 
 import pytest
 
+from harness import READS, reads_env
 from tracer.lab import ETH_P_LAB, ether, ipv4_udp, ping, send_frames
 
 K = 50
@@ -29,11 +30,12 @@ def only(records):
     return records[0]
 
 
-def test_unicast_back_to_ingress_port(lab, tracer_factory):
+@pytest.mark.parametrize("reads", sorted(READS))
+def test_unicast_back_to_ingress_port(lab, tracer_factory, reads):
     h1, h2 = lab.host(1), lab.host(2)
     hidden = "02:b7:00:00:01:01"          # a MAC that lives behind vnet0, like h1
     learn(lab, h1, hidden)
-    t = tracer_factory(*drops_cmd(lab))
+    t = tracer_factory(*drops_cmd(lab), env=reads_env(reads))
     send_frames(h1.netns, h1.ifname, ether(hidden, h1.mac, ETH_P_LAB, b"x"), K)
     t.stop()
     d = only(t.drops(port=h1.port, reason="NOT_SPECIFIED"))
@@ -45,6 +47,7 @@ def test_unicast_back_to_ingress_port(lab, tracer_factory):
     assert not t.drops(port=h2.port)
     summary = only(t.kind("summary"))
     assert summary["drops"] == K and summary["probes"]["drops"] == "raw_tracepoint:kfree_skb"
+    assert summary["kernel_reads"] == READS[reads][1]
 
 
 @pytest.mark.parametrize("state, name, function", [
@@ -146,12 +149,14 @@ def test_healthy_bridge_has_no_drops(lab, tracer_factory):
     assert only(t.kind("summary"))["drops"] == 0
 
 
-def test_same_name_bridge_in_another_namespace_is_not_mixed_in(lab, tracer_factory):
-    """Two labs, both with a bridge called br-int: drops on the other one stay out."""
+@pytest.mark.parametrize("reads", sorted(READS))
+def test_same_name_bridge_in_another_namespace_is_not_mixed_in(lab, tracer_factory, reads):
+    """Two labs, both with a bridge called br-int (same ifindexes too): drops
+    on the other one stay out, by the namespace watched() reads."""
     from tracer.lab import Lab
     with Lab(prefix=lab.prefix + "o", hosts=2) as other:
         o1, o2 = other.host(1), other.host(2)
-        t = tracer_factory(*drops_cmd(lab))
+        t = tracer_factory(*drops_cmd(lab), env=reads_env(reads))
         send_frames(o1.netns, o1.ifname, ether(o2.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"x"), K)
         send_frames(lab.host(1).netns, lab.host(1).ifname,
                     ether(lab.host(2).mac, "01:00:5e:00:00:02", ETH_P_LAB, b"x"), 3)

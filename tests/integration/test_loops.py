@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from harness import READS
 from tracer import abi
 from tracer.bench import Frames
 from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
@@ -22,8 +23,19 @@ def loops_cmd(lab, duration="120"):
 
 # The port hooks both ways this kernel offers: tcx, and the tracepoint
 # fallback older kernels get (forced here with BRTRACE_AVOID).
+# The tracepoint programs read skb->dev and the frame's place in kernel memory:
+# with the kfunc where the kernel has it, and also as older kernels do
+# (bpf_probe_read_kernel, harness.READS).
 PORT_HOOKS = {"tcx": ({}, "tcx:ingress+egress"),
-              "tracepoints": ({"BRTRACE_AVOID": "tcx"}, "raw_tracepoint:netif_receive_skb+net_dev_queue")}
+              "tracepoints": ({"BRTRACE_AVOID": "tcx"}, "raw_tracepoint:netif_receive_skb+net_dev_queue"),
+              "tracepoints-helper-reads": ({"BRTRACE_AVOID": "tcx,kfunc"},
+                                           "raw_tracepoint:netif_receive_skb+net_dev_queue")}
+
+
+def assert_reads(t, env):
+    """The summary names the kernel-read way the environment asked for."""
+    if "kfunc" in env.get("BRTRACE_AVOID", ""):
+        assert t.kind("summary")[0]["kernel_reads"] == READS["helper"][1]
 
 
 @pytest.mark.parametrize("hooks", sorted(PORT_HOOKS))
@@ -69,6 +81,7 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
     assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
     assert t.kind("summary")[0]["probes"]["ports"] == probe
+    assert_reads(t, env)
     assert t.ports()[tap.name]["echoes"] == E
     # Who is behind the tap: the process holding it open, as a VPN daemon.
     assert echo[0]["identities"] == {tap.name: "vpn tincd"}
@@ -135,6 +148,7 @@ def test_burst_from_a_steady_source_comes_back_counted(lab, tracer_factory, hook
     (loop,) = t.findings("l2_loop")
     assert loop["ports"] == [tap.name] and loop["evidence"]["per_port"][tap.name]["returned"] == B
     assert t.kind("summary")[0]["probes"]["ports"] == probe
+    assert_reads(t, env)
 
 
 def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):

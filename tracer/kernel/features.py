@@ -1,7 +1,9 @@
 """What this kernel lets brtrace do, probed once and reported by `brtrace doctor`.
 
 Nothing here loads a BPF program through bcc: kprobe support is read from the
-perf PMU list and tracefs, fentry support from libbpf's program-type probe.
+perf PMU list and tracefs, fentry support from libbpf's program-type probe,
+direct kernel reads from a six-instruction program loaded and closed at once
+(tracer/kernel/kfunc.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.kernel.btf import VMLINUX_BTF
+from tracer.kernel.kfunc import rdonly_cast_usable
 from tracer.kernel.tcx import attach_types
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -81,14 +84,20 @@ class Features:
     fentry: bool
     raw_tracepoints: bool
     tcx: bool = False
+    direct_reads: bool = False      # bpf_rdonly_cast() (tracer/kernel/kfunc.py)
+    direct_reads_why: str = "no BTF"
 
     @classmethod
     def probe(cls, btf=None) -> "Features":
         """`btf`: an open Btf of the running kernel, to tell whether it has tcx
-        (its enum bpf_attach_type names BPF_TCX_INGRESS); without one, no tcx."""
+        (its enum bpf_attach_type names BPF_TCX_INGRESS) and whether the
+        verifier takes bpf_rdonly_cast(); without one, neither."""
+        kprobes = kprobes_available()
+        direct, why = rdonly_cast_usable(btf, kprobes) if btf is not None else (False, "no BTF")
         return cls(kernel=platform.release(), btf=Path(btf_path()).exists(),
-                   tracefs=tracefs_root(), kprobes=kprobes_available(),
+                   tracefs=tracefs_root(), kprobes=kprobes,
                    fentry=fentry_available(),
                    # raw tracepoints arrived in 4.17; BTF-typed ones are what we use
                    raw_tracepoints=Path(btf_path()).exists(),
-                   tcx=btf is not None and attach_types(btf) is not None)
+                   tcx=btf is not None and attach_types(btf) is not None,
+                   direct_reads=direct, direct_reads_why=why)

@@ -38,10 +38,16 @@ def header(run: BridgeRun, view: str) -> str:
     return f"brtrace {view}: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, {hooks}{mode}"
 
 
+def kernel_reads(features) -> str:
+    """How the raw tracepoint programs read kernel memory (tracer/kernel/kfunc.py)."""
+    return "kfunc:bpf_rdonly_cast" if features.direct_reads else "helper:bpf_probe_read_kernel"
+
+
 def summary_record(run, view, monitor, rows, findings) -> dict:
     return {"kind": "summary", "view": view, "bridge": run.bridge.name, "netns": run.netns.name,
             "seconds": round(run.elapsed(), 3), "drops": sum(r.count for r in rows),
             "findings": len(findings), "mode": run.mode, "stats": monitor.stats(),
+            "kernel_reads": kernel_reads(run.kernel.features),
             "probes": {c.hook.name: (f"{c.picked.mechanism}:{c.picked.target}" if c.picked else None)
                        for c in run.kernel.choices if c.hook.name in run.hooks}}
 

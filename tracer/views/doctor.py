@@ -24,7 +24,8 @@ def facts() -> dict:
 def _facts(f: Features, btf) -> dict:
     out = {"kind": "doctor", "kernel": f.kernel, "root": os.geteuid() == 0,
            "btf": btf_path() if f.btf else None, "tracefs": f.tracefs,
-           "kprobes": f.kprobes, "fentry": f.fentry, "tcx": f.tcx}
+           "kprobes": f.kprobes, "fentry": f.fentry, "tcx": f.tcx,
+           "kernel_reads": {"direct": f.direct_reads, "why": f.direct_reads_why}}
     try:
         _headers, out["headers"] = bcc_kernel_source()
     except BrtraceError as exc:
@@ -66,6 +67,9 @@ def run_doctor(output: str = "table") -> int:
     print(f"kprobes       {yes(data['kprobes'])}")
     print(f"fentry        {yes(data['fentry'])}")
     print(f"tcx           {yes(data['tcx'])}")
+    reads = data["kernel_reads"]
+    print("kernel reads  " + ("plain loads through kfunc bpf_rdonly_cast" if reads["direct"] else
+                              f"bpf_probe_read_kernel per field (plain loads: {reads['why']})"))
     print(f"bcc           {data['bcc'] or 'missing: run scripts/setup'}")
     print(f"headers       {data['headers']}")
     print(f"drop reasons  {data.get('drop_reasons', 'unavailable (no BTF)')}")

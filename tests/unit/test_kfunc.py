@@ -1,0 +1,57 @@
+"""The rewrite of fake-helper calls into kfunc calls, and the probe program
+(tracer/kernel/kfunc.py): pure byte work, no kernel."""
+
+from tracer import abi
+from tracer.kernel import kfunc
+
+MARK = abi.CONST["KFUNC_MARK_RDONLY_CAST"]
+
+
+def insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
+    return kfunc._insn(code, dst, src, off, imm)
+
+
+def fields(raw: bytes, at: int) -> tuple:
+    """(code, dst, src, off, imm) of the instruction at byte `at`."""
+    return (raw[at], raw[at + 1] & 0xF, raw[at + 1] >> 4,
+            int.from_bytes(raw[at + 2:at + 4], "little", signed=True),
+            int.from_bytes(raw[at + 4:at + 8], "little", signed=True))
+
+
+def test_marked_helper_calls_become_kfunc_calls_and_nothing_else_changes():
+    prog = b"".join((
+        insn(0xB7, dst=2, imm=873),                 # r2 = BTF id
+        insn(kfunc.CALL, imm=MARK),                 # call MARK -> kfunc
+        insn(kfunc.CALL, imm=1),                    # a real helper (map lookup)
+        insn(kfunc.CALL, src=1, imm=MARK),          # a BPF-to-BPF call: not ours
+        insn(0x18, dst=1, imm=MARK), insn(0, imm=0),  # ld_imm64 of the number
+        insn(kfunc.CALL, imm=MARK),
+        insn(0x95),
+    ))
+    buf = bytearray(prog)
+    assert kfunc.rewrite_kfunc_calls(buf, {MARK: 65425}) == 2
+    for at in (8, 48):
+        assert fields(buf, at) == (kfunc.CALL, 0, kfunc.BPF_PSEUDO_KFUNC_CALL, 0, 65425)
+    changed = {at for at in range(0, len(buf), 8) if buf[at:at + 8] != prog[at:at + 8]}
+    assert changed == {8, 48}
+
+
+def test_unknown_marks_and_trailing_bytes_are_left_alone():
+    buf = bytearray(insn(kfunc.CALL, imm=MARK + 1) + b"\x85\x00\x00")
+    before = bytes(buf)
+    assert kfunc.rewrite_kfunc_calls(buf, {MARK: 7}) == 0
+    assert bytes(buf) == before
+
+
+def test_probe_program_casts_then_loads_through_the_result():
+    raw = kfunc.probe_program(kfunc_id=65425, struct_id=873, load_off=16)
+    assert len(raw) == 6 * 8
+    assert fields(raw, 8) == (0xB7, 2, 0, 0, 873)
+    assert fields(raw, 16) == (kfunc.CALL, 0, kfunc.BPF_PSEUDO_KFUNC_CALL, 0, 65425)
+    assert fields(raw, 24) == (0x79, 1, 0, 16, 0)      # r1 = *(u64 *)(r0 + 16)
+    assert fields(raw, 40)[0] == 0x95
+
+
+def test_marks_name_the_define_that_carries_the_kfunc_id():
+    assert kfunc.marks() == {MARK: "KFUNC_RDONLY_CAST_ID"}
+    assert MARK > 1000          # far above every real helper number
