@@ -78,7 +78,7 @@ BPF_ARRAY(own_mac_lo, __u32, 256);
  */
 struct flood_tag {
 	__u32 tag;   /* the fingerprint's high 32 bits */
-	__u32 tick;  /* when last seen, in FLOOD_TICK_SHIFT units of the clock */
+	__u32 tick;  /* when last seen (flood_tick()) */
 };
 struct flood_path {
 	__u64 out_mask[MAX_PORTS / 64]; /* slots it left through */
@@ -102,10 +102,19 @@ struct flood_current {
 };
 BPF_PERCPU_ARRAY(flood_current, struct flood_current, 1);
 
-/* ~1 ms ticks in a u32 (wraps after 52 days); ages are compared as signed
- * differences, so a tick another CPU wrote a moment later is not "old". */
-#define FLOOD_TICK_SHIFT 20
-#define LOOP_WINDOW_TICKS ((__s32)(LOOP_WINDOW_NS >> FLOOD_TICK_SHIFT))
+/* Flood table ages are in jiffies: bpf_jiffies64() is one load, which the
+ * verifier inlines (do_misc_fixups()), where a clock read is a helper call
+ * per flooded frame (30-35 ns where kernel returns go through a mitigation
+ * thunk). JIFFY_NS, the tick length, is the loader's -D define (the
+ * resolution of CLOCK_MONOTONIC_COARSE). Kept in a u32 (wraps after 49 days
+ * at HZ 1000); ages are compared as signed differences, so a tick another CPU
+ * wrote a moment later is not "old". */
+#define LOOP_WINDOW_TICKS ((__s32)(LOOP_WINDOW_NS / JIFFY_NS))
+
+static __always_inline __u32 flood_tick(void)
+{
+	return (__u32)bpf_jiffies64();
+}
 
 /* ARP on the wire, per IPv4 address asked for or claimed (brtrace.h). */
 BPF_ARRAY(arp_targets, struct arp_target, ARP_TARGETS_MAX);
@@ -128,11 +137,11 @@ struct hit {
 #endif
 };
 
-/* The time, read once per frame and only on the paths that need it (ARP
- * claims, flooded frames, records): bpf_ktime_get_ns() costs as much as the
- * rest of a unicast frame's work. tcx programs use the coarse clock (tick
- * resolution, no clocksource read; the verifier refuses it to tracing
- * programs), fine for a LOOP_WINDOW_NS of 200 ms and per-second rate limits. */
+/* The time of a record (its timestamp, and the per-second rate limit), read
+ * once per frame and only when it owes one: a clock read costs as much as the
+ * rest of a unicast frame's work (flood ages use flood_tick()). tcx programs
+ * use the coarse clock (no clocksource read; the verifier refuses it to
+ * tracing programs). */
 static __always_inline __u64 hit_now(struct hit *h)
 {
 	if (!h->now) {
@@ -408,7 +417,7 @@ static __always_inline struct flood_source *flood_source(const __u64 *words, __u
 /* A flooded frame entering the bridge: new, or back again? */
 static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int arp)
 {
-	__u32 tick = (__u32)(hit_now(h) >> FLOOD_TICK_SHIFT);
+	__u32 tick = flood_tick();
 	__u64 fp = fingerprint(words, h->wire);
 	struct flood_tag *t;
 	struct flood_path *p;
@@ -474,7 +483,7 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 		/* Not seen entering: the bridge itself sent it (br_dev_xmit()).
 		 * Its source entered by no port, so mark it: a copy that comes
 		 * back is then checked. */
-		__u32 tick = (__u32)(hit_now(h) >> FLOOD_TICK_SHIFT);
+		__u32 tick = flood_tick();
 		int steady;
 		flood_source(words, 0, tick, &steady);
 		flood_new(t, p, fp, tick, 0, 0);

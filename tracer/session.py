@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
+from tracer.kernel.features import jiffy_ns
 from tracer.kernel.tcx import attach_types as tcx_attach_types
 from tracer.loader import LoaderChild, Program, Session, kernel_defines, prepare_headers
 from tracer.identity import identify
@@ -132,6 +133,7 @@ class BridgeRun:
         tcx = self.port_hooks == "tcx"
         defines = kernel_defines(self.kernel.btf, self.sources, self.kernel.features.direct_reads)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
+                       JIFFY_NS=jiffy_ns(),
                        RINGBUF_PAGES=64)
         defines.update(self.extra_defines, PORT_HOOK_TCX=int(tcx))
         for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):

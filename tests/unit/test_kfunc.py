@@ -55,3 +55,9 @@ def test_probe_program_casts_then_loads_through_the_result():
 def test_marks_name_the_define_that_carries_the_kfunc_id():
     assert kfunc.marks() == {MARK: "KFUNC_RDONLY_CAST_ID"}
     assert MARK > 1000          # far above every real helper number
+
+
+def test_jiffy_is_one_of_the_kernels_tick_lengths():
+    from tracer.kernel.features import jiffy_ns
+    # HZ is 100, 250, 300 or 1000 (kernel/Kconfig.hz): the tick is 1e9 / HZ ns.
+    assert jiffy_ns() in {10_000_000, 4_000_000, 3_333_333, 1_000_000}

@@ -36,6 +36,24 @@ def btf_path() -> str:
     return os.environ.get("BRTRACE_BTF", VMLINUX_BTF)
 
 
+CLOCK_MONOTONIC_COARSE = 6   # include/uapi/linux/time.h, stable ABI
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def jiffy_ns() -> int:
+    """The kernel's tick (1/HZ) in ns: the coarse clocks' resolution is one
+    tick (TICK_NSEC, kernel/time/posix-timers.c). The BPF flood table ages
+    entries in jiffies (forward.bpf.c)."""
+    ts = _Timespec()
+    if ctypes.CDLL(None).clock_getres(CLOCK_MONOTONIC_COARSE, ctypes.byref(ts)) != 0 \
+            or not 0 < ts.tv_nsec <= 10_000_000 or ts.tv_sec:
+        return 4_000_000      # not seen on Linux; HZ 250, the most common setting
+    return ts.tv_nsec
+
+
 def kprobes_available() -> bool:
     """kprobes need CONFIG_KPROBES: the perf `kprobe` PMU or tracefs kprobe_events."""
     if os.path.isdir("/sys/bus/event_source/devices/kprobe"):
