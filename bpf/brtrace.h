@@ -27,7 +27,7 @@
 #define STAT_DROP_KEYS_FULL 3     /* drop_counts hash full: drop not counted by key */
 #define STAT_DROPS_SEEN 4         /* every watched kfree_skb, keyed or not */
 #define STAT_FDB_KEYS_FULL 5      /* fdb_moves LRU evicted or refused an entry */
-#define STAT_DEV_VERIFIED 6       /* watched() read a device's ifindex/namespace (verdict cache miss) */
+#define STAT_DEV_VERIFIED 6       /* watched() read a device's ifindex/namespace (verdict cache miss; helper reads only) */
 #define STAT_ARP_EVICTED 7        /* an ARP address displaced another from arp_targets */
 /* The three event counters again, per record kind: slot
  * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. */

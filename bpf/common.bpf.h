@@ -143,9 +143,9 @@ static __always_inline __u16 read_u16(const void *addr)
  * Is `dev` the watched bridge or one of its ports? Returns its watch value
  * (WATCH_* flags | slot << WATCH_SLOT_SHIFT) and its ifindex, or 0.
  *
- * The verdict for a device pointer is cached per CPU (dev_verdicts, indexed
- * by a multiplicative hash of the pointer) until userspace changes the watch
- * set (watch_gen). Only a device met for the first time in a generation pays
+ * With helper reads (no KERNEL_READS_DIRECT), the verdict for a device
+ * pointer is cached per CPU (dev_verdicts, indexed by a multiplicative hash
+ * of the pointer) until userspace changes the watch set (watch_gen). Only a device met for the first time in a generation pays
  * the reads of its ifindex and namespace (ifindexes are per namespace: every
  * container's eth0 is 2). The generation is read before the watch array, and
  * userspace writes the array before bumping it, so a verdict reached from a

@@ -187,6 +187,7 @@ class LoaderChild:
     ends it if it was never asked."""
 
     def __init__(self):
+        self._submitted = self._answered = False
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "tracer.loader_child", str(child.fileno())],
@@ -198,12 +199,24 @@ class LoaderChild:
         finally:
             child.close()
 
-    def build(self, program: Program, tcx_programs: list) -> tuple[dict, list]:
-        """Compile and load `program`. Returns (reply, fds)."""
+    def submit(self, program: Program, tcx_programs: list) -> None:
+        """Send the compile request: the child compiles (~0.5 s) while the
+        caller goes on; build() then waits for the result."""
         try:
             self._sock.sendall(json.dumps({"sources": list(program.sources), "defines": program.defines,
                                            "maps": list(MAPS) + [EVENTS_MAP],
                                            "tcx_programs": tcx_programs}).encode())
+        except OSError as exc:
+            self.close()
+            raise KernelFeatureError(f"the BPF loader exited before compiling ({exc.strerror})",
+                                     "run scripts/setup, then `brtrace doctor`") from exc
+        self._submitted = True
+
+    def build(self, program: Program, tcx_programs: list) -> tuple[dict, list]:
+        """Compile and load `program` (unless submit() sent it already). Returns (reply, fds)."""
+        try:
+            if not self._submitted:
+                self.submit(program, tcx_programs)
             self._sock.settimeout(CHILD_TIMEOUT)
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(self._sock, 1 << 20, 512)
@@ -214,6 +227,7 @@ class LoaderChild:
                 rc = self.proc.wait(timeout=30)
                 raise KernelFeatureError(f"the BPF loader exited (status {rc}) without loading",
                                          "run `brtrace doctor` to see what this kernel lacks")
+            self._answered = True
             reply = json.loads(msg)
             if "error" in reply:
                 for fd in fds:
@@ -221,22 +235,36 @@ class LoaderChild:
                 if reply.get("no_bcc"):
                     raise KernelFeatureError(
                         reply["error"], "run scripts/setup (it installs python3-bpfcc and a venv that sees it)")
-                raise KernelFeatureError(f"could not load BPF program ({reply['error']})",
-                                         "run `brtrace doctor` to see what this kernel lacks")
+                raise LoadRefused(f"could not load BPF program ({reply['error']})",
+                                  "run `brtrace doctor` to see what this kernel lacks")
             self.proc.wait(timeout=30)
             return reply, fds
         finally:
             self.close()
 
     def close(self) -> None:
-        """End the child (by our own PID handle) unless it has exited."""
+        """End the child (by our own PID handle) unless it has exited: at once
+        if it is compiling a request nobody will collect (bad input found
+        meanwhile), else when it sees the closed socket."""
         self._sock.close()
+        if self.proc.poll() is None and self._submitted and not self._answered:
+            self.proc.kill()
+            self.proc.wait()
         if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=2)     # it exits on the closed socket
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class LoadRefused(KernelFeatureError):
+    """The loader child could not compile or load the programs (a compile error, or the verifier refused one)."""
+
+
+def tcx_program_names(tcx: bool) -> list:
+    """The sched_cls functions the loader child loads, unattached, for tcx links."""
+    return [f"port_{d}" for d in DIRECTIONS] if tcx else []
 
 
 class Session:
@@ -255,7 +283,7 @@ class Session:
         if child is None:
             prepare_headers()
             child = LoaderChild()
-        names = [f"port_{d}" for d in DIRECTIONS] if tcx is not None else []
+        names = tcx_program_names(tcx is not None)
         reply, self._fds = child.build(program, names)
         try:
             self.maps = {name: bpfmaps.Map(name, self._fds[i], *MAPS[name])

@@ -2,7 +2,8 @@
 programs, the watch set, and a clean exit whatever happens.
 
 Checks that can fail on bad input (root, netns, bridge) run before any BPF is
-loaded; `close()` always detaches everything bcc attached.
+loaded (the bridge is looked up while the loader child compiles, and a missing
+one ends the child first); `close()` always detaches everything bcc attached.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
 from tracer.kernel.features import jiffy_ns
 from tracer.kernel.tcx import attach_types as tcx_attach_types
-from tracer.loader import LoaderChild, Program, Session, kernel_defines, prepare_headers
+from tracer.loader import (LoadRefused, LoaderChild, Program, Session, kernel_defines,
+                           prepare_headers, tcx_program_names)
 from tracer.identity import identify
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable
@@ -112,10 +114,8 @@ class BridgeRun:
     def open(self) -> "BridgeRun":
         require_root()
         self.netns = resolve_netns(self.cfg.netns)
-        with signals_deferred():
-            self.topo = Topology(self.netns)
-            self.bridge = self.topo.bridge(self.cfg.bridge)
-        # The compiler process starts now and imports bcc while we read BTF.
+        # The compiler process starts first and imports bcc while we read BTF,
+        # then compiles while we look the bridge up (a missing one ends it).
         prepare_headers()
         self._loader = LoaderChild()
         self.kernel = Kernel.open()
@@ -139,10 +139,22 @@ class BridgeRun:
         for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):
             value = self.kernel.reasons.value(name)
             defines[f"REASON_{name}"] = -1 if value is None else value
+        program = Program(self.sources, defines)
+        self._loader.submit(program, tcx_program_names(tcx))
+        with signals_deferred():
+            self.topo = Topology(self.netns)
+            self.bridge = self.topo.bridge(self.cfg.bridge)
         loader, self._loader = self._loader, None
-        self.session = Session(Program(self.sources, defines),
-                               tcx=(tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
-                                    else None) if tcx else None, child=loader)
+        try:
+            self.session = Session(program,
+                                   tcx=(tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
+                                        else None) if tcx else None, child=loader)
+        except LoadRefused as exc:
+            if defines.get("KERNEL_READS_DIRECT"):
+                # doctor's probe passed, yet a program was refused: name the way around it.
+                raise KernelFeatureError(exc.message, "retry with BRTRACE_AVOID=kfunc (kernel reads "
+                                         "through bpf_probe_read_kernel), and run `brtrace doctor`") from exc
+            raise
         with signals_deferred():
             self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.

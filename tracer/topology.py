@@ -12,13 +12,20 @@ from dataclasses import dataclass, field
 
 import ctypes
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 CLONE_NEWNET = 0x40000000
 
 from tracer.errors import UsageError
+
+RTMGRP_LINK = 1   # include/uapi/linux/rtnetlink.h: link events' multicast group
+
+
+def _pyroute2():
+    """(IPRoute, NetlinkError), imported on first use: pyroute2's import takes
+    ~0.1 s, which then overlaps the BPF compile BridgeRun.open() has started."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    return IPRoute, NetlinkError
 
 NETNS_DIR = "/run/netns"
 NUD_PERMANENT = 0x80
@@ -103,6 +110,7 @@ class Topology:
 
     def __init__(self, netns: Netns):
         self.netns = netns
+        IPRoute, NetlinkError = _pyroute2()
         try:
             # flags=0: never create the namespace (pyroute2's default is O_CREAT,
             # which would make a new empty one if it vanished since resolve_netns()).
@@ -190,7 +198,7 @@ class Topology:
         out = []
         try:
             entries = list(self._ipr.fdb("dump"))
-        except NetlinkError:
+        except _pyroute2()[1]:
             return out  # the bridge went away mid-dump; callers treat it as empty
         for e in entries:
             if e.get("NDA_MASTER") != bridge.ifindex and e["ifindex"] != bridge.ifindex:
