@@ -99,6 +99,15 @@ BPF_ARRAY(flood_sources, struct flood_source, FLOOD_SOURCES);
 struct flood_current {
 	__u64 fp;                        /* 0: none (the next egress reads the table) */
 	__u64 out_mask[MAX_PORTS / 64];
+	/* tcx: which buffer holds it. br_flood() sends clones (skb_clone()
+	 * shares the data), so a clone leaving with the same data address,
+	 * length and ingress ifindex (skb_iif, 0 for the bridge's own) is this
+	 * frame, without a fingerprint. A buffer reused later holds another
+	 * frame, but that one came in after, and replaced this entry, or the
+	 * bridge sent it, and its skb_iif is 0 where a port's frame has the port's. */
+	__u64 data;
+	__u32 len;
+	__u32 iif;
 };
 BPF_PERCPU_ARRAY(flood_current, struct flood_current, 1);
 
@@ -380,7 +389,18 @@ static __always_inline void flood_new(struct flood_tag *t, struct flood_path *p,
 	p->in_ifindex = in_ifindex;
 }
 
-static __always_inline struct flood_current *flood_now(__u64 fp)
+/* The ifindex the frame entered the host by (skb_iif; 0 if sent by it). */
+static __always_inline __u32 hit_iif(const struct hit *h)
+{
+#if PORT_HOOK_TCX
+	return h->skb->ingress_ifindex;
+#else
+	return 0;  /* not needed: only tcx compares buffers (flood_clone()) */
+#endif
+}
+
+/* This CPU's flooded frame is now `fp`; with tcx, also which buffer holds it. */
+static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h, __u32 iif)
 {
 	__u32 zero = 0;
 	struct flood_current *cur = flood_current.lookup(&zero);
@@ -388,6 +408,11 @@ static __always_inline struct flood_current *flood_now(__u64 fp)
 		cur->fp = fp;
 		cur->out_mask[0] = 0;
 		cur->out_mask[1] = 0;
+#if PORT_HOOK_TCX
+		cur->data = (__u64)(long)h->skb->data;
+		cur->len = h->wire;
+		cur->iif = iif;
+#endif
 	}
 	return cur;
 }
@@ -424,7 +449,7 @@ static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int
 	if (!flood_entries(fp, &t, &p))
 		return;
 	__u32 slot = h->slot;
-	struct flood_current *cur = flood_now(fp);
+	struct flood_current *cur = flood_now(fp, h, h->ifindex);
 	int steady;
 	struct flood_source *src = flood_source(words, slot, tick, &steady);
 	/* A copy entering through the port the frame first came in by is that
@@ -460,6 +485,29 @@ static __always_inline void mask_add(__u64 *mask, __u32 slot)
 		mask[1] |= 1ULL << (slot - 64);
 }
 
+#if PORT_HOOK_TCX
+/* A clone of this CPU's flooded frame leaving through a port (same buffer,
+ * see flood_current): add the port to its out-mask and store the mask whole,
+ * without a fingerprint. 0 if it is not such a clone. */
+static __always_inline int flood_clone(struct hit *h)
+{
+	__u32 zero = 0;
+	struct flood_current *cur = flood_current.lookup(&zero);
+	struct __sk_buff *skb = h->skb;
+	if (!cur || !cur->fp || cur->data != (__u64)(long)skb->data || cur->len != h->wire ||
+	    cur->iif != skb->ingress_ifindex)
+		return 0;
+	__u32 idx = (__u32)cur->fp & (FLOOD_KEYS_MAX - 1);
+	struct flood_path *p = flood_paths.lookup(&idx);
+	if (!p)
+		return 0;
+	mask_add(cur->out_mask, h->slot);
+	p->out_mask[0] = cur->out_mask[0];
+	p->out_mask[1] = cur->out_mask[1];
+	return 1;
+}
+#endif
+
 /* A flooded frame leaving through a port: note the port on its entry. */
 static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 {
@@ -487,7 +535,7 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 		int steady;
 		flood_source(words, 0, tick, &steady);
 		flood_new(t, p, fp, tick, 0, 0);
-		flood_now(fp);
+		flood_now(fp, h, hit_iif(h));
 	}
 	/* One of the clones of the frame this CPU let in last: store its
 	 * out-mask whole, without reading the entry. */
@@ -633,6 +681,8 @@ int port_egress(struct __sk_buff *skb)
 	}
 	if (!(buf[0] & 1))
 		return TCX_NEXT_;  /* unicast (I/G bit of the first byte clear): no fingerprint */
+	if (flood_clone(&h))
+		return TCX_NEXT_;
 	__u64 words[FINGERPRINT_BYTES / 8] = {};
 	if (tc_words(skb, words) == 0)
 		flood_egress(&h, words);
