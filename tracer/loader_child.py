@@ -72,7 +72,11 @@ def build(req: dict, bcc) -> tuple[dict, list]:
         return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
 
     if req["defines"].get("KERNEL_READS_DIRECT"):
-        rewrite_before_load(bcc, {mark: req["defines"][name] for mark, name in kfunc_marks().items()})
+        # BRTRACE_FAULT=kfunc-refused (tests): aim the calls at a struct's BTF id,
+        # which the verifier refuses as no kernel function.
+        faulty = os.environ.get("BRTRACE_FAULT") == "kfunc-refused"
+        rewrite_before_load(bcc, {mark: req["defines"]["BTF_ID_SK_BUFF" if faulty else name]
+                                  for mark, name in kfunc_marks().items()})
     text = assemble(req["sources"])
     cflags = [f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"]
     cflags += [f"-D{k}={v}" for k, v in sorted(req["defines"].items())]

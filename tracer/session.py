@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 from tracer import abi
 from tracer.config import Config
@@ -145,16 +146,23 @@ class BridgeRun:
             self.topo = Topology(self.netns)
             self.bridge = self.topo.bridge(self.cfg.bridge)
         loader, self._loader = self._loader, None
+        tcx_spec = (tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
+                    else None) if tcx else None
         try:
-            self.session = Session(program,
-                                   tcx=(tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
-                                        else None) if tcx else None, child=loader)
+            self.session = Session(program, tcx=tcx_spec, child=loader)
         except LoadRefused as exc:
-            if defines.get("KERNEL_READS_DIRECT"):
-                # doctor's probe passed, yet a program was refused: name the way around it.
-                raise KernelFeatureError(exc.message, "retry with BRTRACE_AVOID=kfunc (kernel reads "
-                                         "through bpf_probe_read_kernel), and run `brtrace doctor`") from exc
-            raise
+            if not defines.get("KERNEL_READS_DIRECT"):
+                raise
+            # doctor's probe passed, yet a program was refused (a verifier
+            # stricter with some read than with the probe's): build it again
+            # with bpf_probe_read_kernel(), and say so.
+            self.kernel.features = replace(self.kernel.features, direct_reads=False,
+                                           direct_reads_why=f"refused at load: {exc.message}")
+            self.kernel.warnings.append(
+                f"direct kernel reads refused ({exc.message}); reading through "
+                "bpf_probe_read_kernel instead (BRTRACE_AVOID=kfunc skips the attempt)")
+            defines["KERNEL_READS_DIRECT"] = 0
+            self.session = Session(Program(self.sources, defines), tcx=tcx_spec)
         with signals_deferred():
             self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.

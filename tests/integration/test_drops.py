@@ -50,6 +50,22 @@ def test_unicast_back_to_ingress_port(lab, tracer_factory, reads):
     assert summary["kernel_reads"] == READS[reads][1]
 
 
+def test_direct_reads_refused_at_load_fall_back_to_helper_reads(lab, tracer_factory):
+    """The verifier refuses the kfunc calls although doctor's probe passed
+    (forced: BRTRACE_FAULT aims them at no kernel function): brtrace builds
+    again with bpf_probe_read_kernel(), warns once, and counts exactly."""
+    h1 = lab.host(1)
+    hidden = "02:b7:00:00:01:02"
+    learn(lab, h1, hidden)
+    t = tracer_factory(*drops_cmd(lab), env={**reads_env("kfunc"), "BRTRACE_FAULT": "kfunc-refused"})
+    send_frames(h1.netns, h1.ifname, ether(hidden, h1.mac, ETH_P_LAB, b"x"), K)
+    t.stop()
+    assert only(t.drops(port=h1.port, reason="NOT_SPECIFIED"))["count"] == K
+    assert only(t.kind("summary"))["kernel_reads"] == READS["helper"][1]
+    warnings = [line for line in t.stderr.splitlines() if "direct kernel reads refused" in line]
+    assert len(warnings) == 1 and "BRTRACE_AVOID=kfunc" in warnings[0], t.stderr
+
+
 @pytest.mark.parametrize("state, name, function", [
     (1, "listening", "br_handle_frame"),
     (0, "disabled", "br_handle_frame"),

@@ -43,13 +43,21 @@ def test_unknown_marks_and_trailing_bytes_are_left_alone():
     assert bytes(buf) == before
 
 
-def test_probe_program_casts_then_loads_through_the_result():
-    raw = kfunc.probe_program(kfunc_id=65425, struct_id=873, load_off=16)
-    assert len(raw) == 6 * 8
-    assert fields(raw, 8) == (0xB7, 2, 0, 0, 873)
-    assert fields(raw, 16) == (kfunc.CALL, 0, kfunc.BPF_PSEUDO_KFUNC_CALL, 0, 65425)
-    assert fields(raw, 24) == (0x79, 1, 0, 16, 0)      # r1 = *(u64 *)(r0 + 16)
-    assert fields(raw, 40)[0] == 0x95
+IDS = {"KFUNC_RDONLY_CAST_ID": 65425, "BTF_ID_SK_BUFF": 873, "BTF_ID_NET_DEVICE": 3094,
+       "BTF_ID_NET": 4000}
+OFFSETS = {"SKB_DEV_OFF": 16, "DEV_IFINDEX_OFF": 224, "DEV_ND_NET_OFF": 280, "NET_NS_INUM_OFF": 172}
+
+
+def test_probe_program_makes_the_reads_watched_makes_cast_by_cast():
+    raw = kfunc.probe_program(IDS, OFFSETS)
+    insns = [fields(raw, at) for at in range(0, len(raw), 8)]
+    calls = [i for i, f in enumerate(insns) if f[0] == kfunc.CALL]
+    assert all(insns[i] == (kfunc.CALL, 0, kfunc.BPF_PSEUDO_KFUNC_CALL, 0, 65425) for i in calls)
+    # before each cast, r2 holds the type it casts to; after it, a load through r0 (or r6 = r0)
+    assert [insns[i - 1] for i in calls] == [(0xB7, 2, 0, 0, t) for t in (873, 3094, 4000)]
+    loads = [(f[0], f[3]) for f in insns if f[0] in (0x61, 0x79)]
+    assert loads == [(0x79, 16), (0x61, 224), (0x79, 280), (0x61, 172)]
+    assert insns[-1][0] == 0x95 and insns[-2] == (0xB7, 0, 0, 0, 0)
 
 
 def test_marks_name_the_define_that_carries_the_kfunc_id():
