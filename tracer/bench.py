@@ -187,6 +187,24 @@ def neighbours(windows: Sequence[dict], traced: Sequence[dict]) -> List[dict]:
     return [w for w in windows if w["config"] is None and w["workload"] in wls]
 
 
+def ratio_se(windows: Sequence[dict], traced: Sequence[dict]) -> Optional[float]:
+    """Standard error of the ratio: the spread of the per-window ratios (each
+    traced window against its own neighbours), over the square root of their
+    number. None below two traced windows with neighbours. It says how far
+    apart two ratios must be to differ: with a baseline that moves 5-9%
+    between windows, a few rounds resolve a few points, not one."""
+    per = []
+    for t in traced:
+        base = neighbours(windows, [t]) if "seq" in t else []
+        u = mean([w["pps"] for w in base])
+        if u:
+            per.append(t["pps"] / u)
+    if len(per) < 2:
+        return None
+    m = sum(per) / len(per)
+    return math.sqrt(sum((x - m) ** 2 for x in per) / (len(per) - 1) / len(per))
+
+
 def busy(w: dict) -> bool:
     """Did this window share the machine with someone else's tracing BPF
     programs, or with other processes using a quarter of a core?"""
@@ -233,8 +251,9 @@ def summarize(windows: Sequence[dict], blocks: Sequence[dict], views: Sequence[s
             results.append({
                 "view": view, "workload": wl,
                 "untraced_pps": u, "untraced_cv_pct": cv_pct(untraced),
-                "traced_pps": t, "ratio": ratio(t, u),
+                "traced_pps": t, "ratio": ratio(t, u), "ratio_se": ratio_se(windows, traced),
                 "floor_pps": f, "floor_ratio": ratio(f, mean([w["pps"] for w in fbase]) if fbase else u),
+                "floor_ratio_se": ratio_se(windows, floor),
                 "cpu_pct": _pct_of_core(traced, "tracer_cpu_s"),
                 "floor_cpu_pct": _pct_of_core(floor, "tracer_cpu_s"),
                 "rss_kb": max([b["vmhwm_kb"] for b in vb if b.get("vmhwm_kb") is not None], default=None),
@@ -270,7 +289,9 @@ COLUMNS = (
     ("cv%", "untraced_cv_pct", ".1f", 1),
     ("traced kpps", "traced_pps", ".0f", 1e-3),
     ("ratio", "ratio", ".3f", 1),
+    ("±", "ratio_se", ".3f", 1),
     ("floor ratio", "floor_ratio", ".3f", 1),
+    ("±", "floor_ratio_se", ".3f", 1),
     ("cpu%", "cpu_pct", ".1f", 1),
     ("rss MiB", "rss_kb", ".1f", 1 / 1024),
     ("maps KiB", "map_bytes", ".0f", 1 / 1024),
@@ -343,7 +364,9 @@ def legend(results: Sequence[dict]) -> List[str]:
     return [
         "ratio: traced / untraced delivered pps (untraced: the windows just before and after each",
         "  traced one; 1.0 = free); floor ratio: the same for a BPF program that only counts, on",
-        "  the tracepoints the view uses; cv%: spread of all untraced windows of the workload;",
+        "  the tracepoints the view uses; ±: standard error of the ratio from its windows (two",
+        "  ratios closer than about twice that do not differ); cv%: spread of all untraced",
+        "  windows of the workload;",
         "  cpu%: brtrace's own CPU (user+sys) as % of one core, in the window, on the CPUs the",
         "  pinned senders leave (its BPF programs run in softirq context and are billed to the",
         "  senders, see --bpf-stats);",

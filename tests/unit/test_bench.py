@@ -359,3 +359,20 @@ def test_tracer_runs_on_the_cpus_the_pinned_senders_leave(monkeypatch, cpus, sen
     b = bench.Bench.__new__(bench.Bench)
     b.args = type("Args", (), {"pin": pin, "senders": senders})()
     assert b.tracer_cpus() == expected
+
+
+def test_ratio_standard_error_comes_from_each_window_against_its_own_neighbours():
+    # round 0: 900 between 1000 and 1000 -> 0.90; round 1: 450 between 500 and 500 -> 0.90:
+    # the baseline halved, the per-window ratios agree, so the error is 0 although pps moved.
+    seq = [(0, None, 1000), (0, "drops", 900), (0, None, 1000),
+           (1, None, 500), (1, "drops", 450), (1, None, 500)]
+    windows = [dict(win("unicast", cfg, pps), seq=i, round=r) for i, (r, cfg, pps) in enumerate(seq)]
+    traced = [w for w in windows if w["config"] == "drops"]
+    assert bench.ratio_se(windows, traced) == pytest.approx(0.0)
+    # 0.8 and 1.0: sd 0.1414, over sqrt(2) -> 0.1
+    windows[4]["pps"] = 400
+    windows[1]["pps"] = 1000
+    assert bench.ratio_se(windows, traced) == pytest.approx(0.1, rel=1e-6)
+    assert bench.ratio_se(windows, traced[:1]) is None
+    r = bench.summarize(windows, [], ["drops"], ["unicast"])[0]
+    assert r["ratio_se"] == pytest.approx(0.1, rel=1e-6) and r["floor_ratio_se"] is None
