@@ -12,6 +12,8 @@ Run by tracer/loader.py as `python -m tracer.loader_child FD`; FD is its end of
 a SOCK_SEQPACKET socket pair. Request (JSON): sources, defines, maps (names to
 send), tcx_programs (sched_cls functions to load, unattached). Reply (JSON +
 fds): {"maps": {name: i}, "progs": {name: i}, "links": [i, ...]} or {"error": ...}.
+With the define KERNEL_READS_DIRECT set, each function's calls to a fake helper
+are rewritten into kfunc calls just before bcc loads it (tracer/kernel/kfunc.py).
 """
 
 from __future__ import annotations
