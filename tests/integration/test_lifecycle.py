@@ -112,3 +112,24 @@ def test_without_tracefs_reason_names_come_from_btf(lab, tracer_factory, monkeyp
     t.stop()
     assert t.count(reason="MAC_INVALID_SOURCE") == 6
     assert "tracefs is not mounted: drop-reason names come from BTF" in t.stderr
+
+
+def _kallsyms_mounts() -> list:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if " /proc/kallsyms " in line]
+
+
+def test_loader_child_answers_kallsyms_in_its_own_mount_namespace_only():
+    """The loader child spares bcc its read of /proc/kallsyms with a two-line
+    file mounted over it (tracer/loader_child.py). That mount must stay inside
+    the child's own namespace: the host (here, the test) still sees the real file."""
+    code = ("from tracer.loader_child import answer_kallsyms; ok = answer_kallsyms(); "
+            "print(ok, len(open('/proc/kallsyms').read().splitlines()))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "2"]
+    with open("/proc/kallsyms") as f:
+        assert sum(1 for _ in f) > 1000          # the real table
+    assert _kallsyms_mounts() == []
+    assert not list(Path("/tmp").glob("brtrace-kallsyms-*"))
+
