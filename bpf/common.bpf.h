@@ -28,16 +28,19 @@ BPF_ARRAY(watch_gen, __u32, 1);
  * cannot emit one). Otherwise each read is a bpf_probe_read_kernel() call,
  * which costs 30-35 ns where kernel returns go through a mitigation thunk.
  */
+/* The `type` at kernel address `addr` by bpf_probe_read_kernel(); 0 if unreadable. */
+#define PROBE_READ(type, addr) ({                                  \
+	type v_ = 0;                                               \
+	bpf_probe_read_kernel(&v_, sizeof(v_), (addr));            \
+	v_;                                                        \
+})
+
 #if KERNEL_READS_DIRECT
 static void *(*rdonly_cast)(const void *obj, __u32 btf_id) = (void *)KFUNC_MARK_RDONLY_CAST;
 #define KREAD(type, btf_id, base, off) \
 	(*(const type *)((const __u8 *)rdonly_cast((const void *)(base), (btf_id)) + (off)))
 #else
-#define KREAD(type, btf_id, base, off) ({                                          \
-	type v_ = 0;                                                               \
-	bpf_probe_read_kernel(&v_, sizeof(v_), (const __u8 *)(base) + (off));      \
-	v_;                                                                        \
-})
+#define KREAD(type, btf_id, base, off) PROBE_READ(type, (const __u8 *)(base) + (off))
 #endif
 
 /* skb->dev, the device an sk_buff is on (or was freed from). */
@@ -120,23 +123,17 @@ static __always_inline void event_submit(int kind, void *ev)
 
 static __always_inline __u64 read_u64(const void *addr)
 {
-	__u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), addr);
-	return v;
+	return PROBE_READ(__u64, addr);
 }
 
 static __always_inline __u32 read_u32(const void *addr)
 {
-	__u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), addr);
-	return v;
+	return PROBE_READ(__u32, addr);
 }
 
 static __always_inline __u16 read_u16(const void *addr)
 {
-	__u16 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), addr);
-	return v;
+	return PROBE_READ(__u16, addr);
 }
 
 /*
@@ -145,8 +142,9 @@ static __always_inline __u16 read_u16(const void *addr)
  *
  * With helper reads (no KERNEL_READS_DIRECT), the verdict for a device
  * pointer is cached per CPU (dev_verdicts, indexed by a multiplicative hash
- * of the pointer) until userspace changes the watch set (watch_gen). Only a device met for the first time in a generation pays
- * the reads of its ifindex and namespace (ifindexes are per namespace: every
+ * of the pointer) until userspace changes the watch set (watch_gen). Only a
+ * device met for the first time in a generation pays the reads of its
+ * ifindex and namespace (ifindexes are per namespace: every
  * container's eth0 is 2). The generation is read before the watch array, and
  * userspace writes the array before bumping it, so a verdict reached from a
  * half-updated watch set is stored under the old generation and never used.

@@ -389,18 +389,10 @@ static __always_inline void flood_new(struct flood_tag *t, struct flood_path *p,
 	p->in_ifindex = in_ifindex;
 }
 
-/* The ifindex the frame entered the host by (skb_iif; 0 if sent by it). */
-static __always_inline __u32 hit_iif(const struct hit *h)
-{
-#if PORT_HOOK_TCX
-	return h->skb->ingress_ifindex;
-#else
-	return 0;  /* not needed: only tcx compares buffers (flood_clone()) */
-#endif
-}
-
-/* This CPU's flooded frame is now `fp`; with tcx, also which buffer holds it. */
-static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h, __u32 iif)
+/* This CPU's flooded frame is now `fp`; with tcx, also which buffer holds it
+ * and the ifindex it entered the host by (skb_iif: at tc ingress the port
+ * itself, __netif_receive_skb_core() sets it first; 0 if the host sent it). */
+static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h)
 {
 	__u32 zero = 0;
 	struct flood_current *cur = flood_current.lookup(&zero);
@@ -411,7 +403,7 @@ static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h, 
 #if PORT_HOOK_TCX
 		cur->data = (__u64)(long)h->skb->data;
 		cur->len = h->wire;
-		cur->iif = iif;
+		cur->iif = h->skb->ingress_ifindex;
 #endif
 	}
 	return cur;
@@ -449,7 +441,7 @@ static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int
 	if (!flood_entries(fp, &t, &p))
 		return;
 	__u32 slot = h->slot;
-	struct flood_current *cur = flood_now(fp, h, h->ifindex);
+	struct flood_current *cur = flood_now(fp, h);
 	int steady;
 	struct flood_source *src = flood_source(words, slot, tick, &steady);
 	/* A copy entering through the port the frame first came in by is that
@@ -485,6 +477,17 @@ static __always_inline void mask_add(__u64 *mask, __u32 slot)
 		mask[1] |= 1ULL << (slot - 64);
 }
 
+/* One of the clones of the frame this CPU let in last leaves by h's port:
+ * add it to this CPU's copy of the out-mask and store the mask whole,
+ * without reading the entry. */
+static __always_inline void flood_clone_out(struct flood_current *cur, struct flood_path *p,
+					    const struct hit *h)
+{
+	mask_add(cur->out_mask, h->slot);
+	p->out_mask[0] = cur->out_mask[0];
+	p->out_mask[1] = cur->out_mask[1];
+}
+
 #if PORT_HOOK_TCX
 /* A clone of this CPU's flooded frame leaving through a port (same buffer,
  * see flood_current): add the port to its out-mask and store the mask whole,
@@ -501,9 +504,7 @@ static __always_inline int flood_clone(struct hit *h)
 	struct flood_path *p = flood_paths.lookup(&idx);
 	if (!p)
 		return 0;
-	mask_add(cur->out_mask, h->slot);
-	p->out_mask[0] = cur->out_mask[0];
-	p->out_mask[1] = cur->out_mask[1];
+	flood_clone_out(cur, p, h);
 	return 1;
 }
 #endif
@@ -535,13 +536,9 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 		int steady;
 		flood_source(words, 0, tick, &steady);
 		flood_new(t, p, fp, tick, 0, 0);
-		flood_now(fp, h, hit_iif(h));
+		flood_now(fp, h);
 	}
-	/* One of the clones of the frame this CPU let in last: store its
-	 * out-mask whole, without reading the entry. */
-	mask_add(cur->out_mask, h->slot);
-	p->out_mask[0] = cur->out_mask[0];
-	p->out_mask[1] = cur->out_mask[1];
+	flood_clone_out(cur, p, h);
 }
 
 /* Count the frame in `packets` and `packets + 1` (the matching bytes counter). */

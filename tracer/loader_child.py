@@ -95,13 +95,9 @@ def rewrite_before_load(bcc, marks: dict) -> None:
     bcc.BPF.load_func = load_func
 
 
-def kfunc_marks() -> dict:
-    from tracer.kernel.kfunc import marks  # noqa: PLC0415
-    return marks()
-
-
 def build(req: dict, bcc) -> tuple[dict, list]:
     from tracer import abi
+    from tracer.kernel.kfunc import marks
     from tracer.loader import assemble
     if bcc is None:
         return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
@@ -111,7 +107,7 @@ def build(req: dict, bcc) -> tuple[dict, list]:
         # which the verifier refuses as no kernel function.
         faulty = os.environ.get("BRTRACE_FAULT") == "kfunc-refused"
         rewrite_before_load(bcc, {mark: req["defines"]["BTF_ID_SK_BUFF" if faulty else name]
-                                  for mark, name in kfunc_marks().items()})
+                                  for mark, name in marks().items()})
     answer_kallsyms()
     text = assemble(req["sources"])
     cflags = [f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"]

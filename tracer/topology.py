@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import ctypes
 
-
 CLONE_NEWNET = 0x40000000
 
 from tracer.errors import UsageError

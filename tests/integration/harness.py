@@ -138,10 +138,10 @@ def wait_unloaded(ids: set, timeout: float = 10.0) -> set:
 def direct_reads() -> tuple[bool, str]:
     """Does this kernel take bpf_rdonly_cast() (what `brtrace doctor` reports)?"""
     from tracer.kernel.btf import Btf
-    from tracer.kernel.kfunc import rdonly_cast_usable
-    from tracer.kernel.features import kprobes_available
+    from tracer.kernel.features import Features
     with Btf() as btf:
-        return rdonly_cast_usable(btf, kprobes_available())
+        f = Features.probe(btf)
+    return f.direct_reads, f.direct_reads_why
 
 
 # The two ways the raw tracepoint programs read kernel memory: plain loads

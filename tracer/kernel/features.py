@@ -2,7 +2,7 @@
 
 Nothing here loads a BPF program through bcc: kprobe support is read from the
 perf PMU list and tracefs, fentry support from libbpf's program-type probe,
-direct kernel reads from a six-instruction program loaded and closed at once
+direct kernel reads from a small program loaded and closed at once
 (tracer/kernel/kfunc.py).
 """
 

@@ -28,7 +28,8 @@ import os
 from tracer import abi
 
 KFUNC = "bpf_rdonly_cast"
-BPF_PROG_TYPE_RAW_TRACEPOINT = 17   # include/uapi/linux/bpf.h, stable ABI
+BPF_PROG_TYPE_KPROBE = 2            # include/uapi/linux/bpf.h, stable ABI
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PSEUDO_KFUNC_CALL = 2
 CALL = 0x85                         # BPF_JMP | BPF_CALL
 # The structs the C code reads through casts (common.bpf.h: KREAD()).
@@ -100,7 +101,8 @@ def cast_ids(btf) -> dict | None:
     return out
 
 
-BPF_PROG_TYPE_KPROBE = 2
+# The reads probe_program() makes: these COMMON_FIELDS of tracer/loader.py.
+PROBE_FIELDS = ("SKB_DEV_OFF", "DEV_IFINDEX_OFF", "DEV_ND_NET_OFF", "NET_NS_INUM_OFF")
 
 
 def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
@@ -113,9 +115,9 @@ def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
     ids = cast_ids(btf)
     if ids is None:
         return False, f"kernel BTF has no {KFUNC} (kernel older than 6.2)"
-    fields = {"SKB_DEV_OFF": ("sk_buff", "dev"), "DEV_IFINDEX_OFF": ("net_device", "ifindex"),
-              "DEV_ND_NET_OFF": ("net_device", "nd_net"), "NET_NS_INUM_OFF": ("net", "ns.inum")}
-    prog = probe_program(ids, {k: btf.field(*where).offset for k, where in fields.items()})
+    from tracer.loader import COMMON_FIELDS  # noqa: PLC0415 - the loader imports this module
+    prog = probe_program(ids, {name: btf.field(struct, path).offset
+                               for name, struct, path in COMMON_FIELDS if name in PROBE_FIELDS})
     try:
         lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
