@@ -191,41 +191,51 @@ static __always_inline int copy_frame(const struct hit *h, void *dst, __u32 n, _
 
 /* A 64-bit hash of the frame's first FINGERPRINT_BYTES, never past its end:
  * a frame that went through userspace (a VPN tap) comes back in a new buffer
- * whose bytes after the frame differ. `w` holds them zero past the end when
- * read in place (tc_words()); a tracepoint's kernel read copies whatever
- * follows the frame, so that path clips here. Each word is multiplied by its
- * own odd constant and the products are summed, so no step waits for the
- * previous one's multiply (a chained mix cost twice as long, on every flooded
- * frame twice); a final mix makes every bit depend on every word, since the
- * low bits pick the table slot and the high ones are the tag. */
-_Static_assert(FINGERPRINT_BYTES == 64, "fingerprint() sums eight words");
+ * whose bytes after the frame differ. Word i of the frame (little-endian,
+ * zero past its end) is multiplied by its own odd constant FP_K(i) and the
+ * products are summed with the length's, so no step waits for the previous
+ * one's multiply (a chained mix cost twice as long, on every flooded frame
+ * twice); a final mix (fp_mix()) makes every bit depend on every word, since
+ * the low bits pick the table slot and the high ones are the tag. tcx sums
+ * the words where they lie (tc_fingerprint()), a tracepoint a kernel read's
+ * copy (fingerprint()); both give the same value, and
+ * tests/integration/test_loops.py's flood_slot() a third copy. */
+_Static_assert(FINGERPRINT_BYTES == 64, "the fingerprint sums eight words");
+#define FP_K_LEN 0x9E3779B97F4A7C15ULL
+#define FP_K(i) ((i) == 0 ? 0xA0761D6478BD642FULL : (i) == 1 ? 0xE7037ED1A0B428DBULL : \
+		 (i) == 2 ? 0x8EBC6AF09C88C6E3ULL : (i) == 3 ? 0x589965CC75374CC3ULL : \
+		 (i) == 4 ? 0x1D8E4E27C47D124FULL : (i) == 5 ? 0xEB44ACCAB455D165ULL : \
+		 (i) == 6 ? 0xC2B2AE3D27D4EB4FULL : 0x165667B19E3779F9ULL)
 
-static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
+static __always_inline __u64 fp_mix(__u64 h)
 {
-	__u32 n = len < FINGERPRINT_BYTES ? len : FINGERPRINT_BYTES;
-	__u64 x[FINGERPRINT_BYTES / 8];
-#pragma unroll
-	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++) {
-		x[i] = w[i];
-#if !PORT_HOOK_TCX
-		__s32 rem = (__s32)n - i * 8;
-		if (rem <= 0)
-			x[i] = 0;
-		else if (rem < 8)
-			x[i] &= (1ULL << (rem * 8)) - 1;
-#endif
-	}
-	__u64 h = n * 0x9E3779B97F4A7C15ULL +
-		  x[0] * 0xA0761D6478BD642FULL + x[1] * 0xE7037ED1A0B428DBULL +
-		  x[2] * 0x8EBC6AF09C88C6E3ULL + x[3] * 0x589965CC75374CC3ULL +
-		  x[4] * 0x1D8E4E27C47D124FULL + x[5] * 0xEB44ACCAB455D165ULL +
-		  x[6] * 0xC2B2AE3D27D4EB4FULL + x[7] * 0x165667B19E3779F9ULL;
 	h ^= h >> 31;
 	h *= 0xBF58476D1CE4E5B9ULL;
 	h ^= h >> 27;
 	h *= 0x94D049BB133111EBULL;
 	return h ^ (h >> 31);
 }
+
+#if !PORT_HOOK_TCX
+/* From a kernel read's copy `w` of FINGERPRINT_BYTES, which holds whatever
+ * follows a short frame in its buffer: clipped to the frame here. */
+static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
+{
+	__u32 n = len < FINGERPRINT_BYTES ? len : FINGERPRINT_BYTES;
+	__u64 h = n * FP_K_LEN;
+#pragma unroll
+	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++) {
+		__u64 x = w[i];
+		__s32 rem = (__s32)n - i * 8;
+		if (rem <= 0)
+			x = 0;
+		else if (rem < 8)
+			x &= (1ULL << (rem * 8)) - 1;
+		h += x * FP_K(i);
+	}
+	return fp_mix(h);
+}
+#endif
 
 static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u32 first_ifindex)
 {
@@ -282,6 +292,16 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 static __always_inline int is_arp(const __u8 *buf)
 {
 	return buf[12] == 0x08 && buf[13] == 0x06;
+}
+
+/* The source MAC (bytes 6..11) as a little-endian u48: a flood_sources key. */
+static __always_inline __u64 src_mac(const __u8 *buf)
+{
+	__u16 first;
+	__u32 rest;
+	__builtin_memcpy(&first, buf + 6, 2);
+	__builtin_memcpy(&rest, buf + 8, 4);
+	return first | ((__u64)rest << 16);
 }
 
 /* The entry of IPv4 address `ip` (never 0), made if missing: its set's way
@@ -409,13 +429,13 @@ static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h)
 	return cur;
 }
 
-/* The source record of the frame in `words` (its MAC: bytes 6..11), and
- * whether that source has entered by `slot` only for a whole window. A
- * record that names another slot or MAC is taken over and marked. */
-static __always_inline struct flood_source *flood_source(const __u64 *words, __u32 slot,
-							 __u32 tick, int *steady)
+/* The record of source MAC `mac` (the frame's bytes 6..11 as a little-endian
+ * u48, src_mac()), and whether that source has entered by `slot` only for a
+ * whole window. A record that names another slot or MAC is taken over and
+ * marked. */
+static __always_inline struct flood_source *flood_source(__u64 mac, __u32 slot, __u32 tick,
+							 int *steady)
 {
-	__u64 mac = (words[0] >> 48) | ((words[1] & 0xffffffffULL) << 16);
 	__u64 key = mac | ((__u64)slot << 48);
 	__u32 idx = (__u32)((mac * 0x9E3779B97F4A7C15ULL) >> 40) & (FLOOD_SOURCES - 1);
 	struct flood_source *s = flood_sources.lookup(&idx);
@@ -431,11 +451,11 @@ static __always_inline struct flood_source *flood_source(const __u64 *words, __u
 	return s;
 }
 
-/* A flooded frame entering the bridge: new, or back again? */
-static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int arp)
+/* A flooded frame (fingerprint `fp`, source MAC `mac`) entering the bridge:
+ * new, or back again? */
+static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, int arp)
 {
 	__u32 tick = flood_tick();
-	__u64 fp = fingerprint(words, h->wire);
 	struct flood_tag *t;
 	struct flood_path *p;
 	if (!flood_entries(fp, &t, &p))
@@ -443,7 +463,7 @@ static __always_inline void flood_ingress(struct hit *h, const __u64 *words, int
 	__u32 slot = h->slot;
 	struct flood_current *cur = flood_now(fp, h);
 	int steady;
-	struct flood_source *src = flood_source(words, slot, tick, &steady);
+	struct flood_source *src = flood_source(mac, slot, tick, &steady);
 	/* A copy entering through the port the frame first came in by is that
 	 * host repeating itself (GARP bursts, retransmits): the bridge never sends
 	 * a frame back out of its ingress port, so no loop returns it there. */
@@ -510,9 +530,8 @@ static __always_inline int flood_clone(struct hit *h)
 #endif
 
 /* A flooded frame leaving through a port: note the port on its entry. */
-static __always_inline void flood_egress(struct hit *h, const __u64 *words)
+static __always_inline void flood_egress(struct hit *h, __u64 fp, __u64 mac)
 {
-	__u64 fp = fingerprint(words, h->wire);
 	struct flood_tag *t;
 	struct flood_path *p;
 	if (!flood_entries(fp, &t, &p))
@@ -534,7 +553,7 @@ static __always_inline void flood_egress(struct hit *h, const __u64 *words)
 		 * back is then checked. */
 		__u32 tick = flood_tick();
 		int steady;
-		flood_source(words, 0, tick, &steady);
+		flood_source(mac, 0, tick, &steady);
 		flood_new(t, p, fp, tick, 0, 0);
 		flood_now(fp, h);
 	}
@@ -586,38 +605,47 @@ static __always_inline void bridge_tx(struct hit *h, const __u8 *buf)
 
 #if PORT_HOOK_TCX
 
-/* The frame's first FINGERPRINT_BYTES into `words` (zero past its end), in
- * place where it is linear: a short frame (a 42-byte ARP request) word by
- * word, its last partial word cut from the 8 bytes that end the frame. */
-static __always_inline int tc_words(struct __sk_buff *skb, __u64 *words)
+/* The frame's fingerprint, summed where the words lie in the linear area
+ * (no copy): a short frame (a 42-byte ARP request) word by word, its last
+ * partial word cut from the 8 bytes that end the frame. A frame whose first
+ * FINGERPRINT_BYTES are not linear is copied first. -1 if unreadable. */
+static __always_inline int tc_fingerprint(struct __sk_buff *skb, __u64 *fp)
 {
 	const __u8 *data = (const __u8 *)(long)skb->data;
 	const void *end = (const void *)(long)skb->data_end;
-	if ((const void *)(data + FINGERPRINT_BYTES) <= end) {
-		__builtin_memcpy(words, data, FINGERPRINT_BYTES);
-		return 0;
-	}
 	__u32 len = skb->len;
-	if (len >= FINGERPRINT_BYTES)
-		return bpf_skb_load_bytes(skb, 0, words, FINGERPRINT_BYTES);  /* not linear */
+	__u64 h;
+	if ((const void *)(data + FINGERPRINT_BYTES) <= end) {
+		h = FINGERPRINT_BYTES * FP_K_LEN;
 #pragma unroll
-	for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
-		if ((const void *)(data + (i + 1) * 8) <= end)
-			__builtin_memcpy(&words[i], data + i * 8, 8);
-	__u32 rem = len & 7;
-	if (rem && len >= 8) {
-		const __u8 *p = data + ((len - 8) & (FINGERPRINT_BYTES - 1));
-		if ((const void *)(p + 8) <= end) {
-			__u64 tail;
-			__builtin_memcpy(&tail, p, 8);
-			tail >>= (8 - rem) * 8;   /* bytes (len & ~7) .. len - 1, little-endian */
-			__u32 last = len >> 3;
+		for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
+			h += *(const __u64 *)(data + i * 8) * FP_K(i);
+	} else if (len >= FINGERPRINT_BYTES) {
+		__u64 w[FINGERPRINT_BYTES / 8];
+		if (bpf_skb_load_bytes(skb, 0, w, sizeof(w)) != 0)
+			return -1;
+		h = FINGERPRINT_BYTES * FP_K_LEN;
 #pragma unroll
-			for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
-				if (i == last)
-					words[i] = tail;
+		for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
+			h += w[i] * FP_K(i);
+	} else {
+		h = len * FP_K_LEN;
+		__u32 rem = len & 7, last = len >> 3;
+		__u64 tail = 0;
+		if (rem && len >= 8) {
+			const __u8 *p = data + ((len - 8) & (FINGERPRINT_BYTES - 1));
+			if ((const void *)(p + 8) <= end)
+				tail = *(const __u64 *)p >> ((8 - rem) * 8);  /* bytes len & ~7 .. len - 1 */
+		}
+#pragma unroll
+		for (int i = 0; i < FINGERPRINT_BYTES / 8; i++) {
+			if ((const void *)(data + (i + 1) * 8) <= end)
+				h += *(const __u64 *)(data + i * 8) * FP_K(i);
+			else if (i == last)
+				h += tail * FP_K(i);
 		}
 	}
+	*fp = fp_mix(h);
 	return 0;
 }
 
@@ -653,11 +681,9 @@ int port_ingress(struct __sk_buff *skb)
 		flooded = rx_frame(&h, buf, 1);
 	else
 		flooded = rx_frame(&h, buf, 0);
-	if (flooded) {
-		__u64 words[FINGERPRINT_BYTES / 8] = {};
-		if (tc_words(skb, words) == 0)
-			flood_ingress(&h, words, is_arp((const __u8 *)words));
-	}
+	__u64 fp;
+	if (flooded && tc_fingerprint(skb, &fp) == 0)
+		flood_ingress(&h, fp, src_mac(buf), is_arp(buf));
 	hit_records(&h);
 	return TCX_NEXT_;
 }
@@ -680,9 +706,9 @@ int port_egress(struct __sk_buff *skb)
 		return TCX_NEXT_;  /* unicast (I/G bit of the first byte clear): no fingerprint */
 	if (flood_clone(&h))
 		return TCX_NEXT_;
-	__u64 words[FINGERPRINT_BYTES / 8] = {};
-	if (tc_words(skb, words) == 0)
-		flood_egress(&h, words);
+	__u64 fp;
+	if (tc_fingerprint(skb, &fp) == 0)
+		flood_egress(&h, fp, src_mac(buf));
 	return TCX_NEXT_;
 }
 
@@ -711,7 +737,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 		return 0;
 	const __u8 *buf = (const __u8 *)words;
 	if (rx_frame(&h, buf, 1))
-		flood_ingress(&h, words, is_arp(buf));
+		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf), is_arp(buf));
 	hit_records(&h);
 	return 0;
 }
@@ -729,7 +755,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		return 0;
 	}
 	if (words[0] & 1)  /* a group destination (I/G bit of the first byte) */
-		flood_egress(&h, words);
+		flood_egress(&h, fingerprint(words, h.wire), src_mac((const __u8 *)words));
 	return 0;
 }
 
