@@ -272,15 +272,25 @@ static __always_inline void hit_records(struct hit *h)
 	}
 }
 
-static __always_inline int is_own_mac(const __u8 *mac)
+/* The source MAC (bytes 6..11) as a little-endian u48: the key of own_macs
+ * and of flood_sources. */
+static __always_inline __u64 src_mac(const __u8 *buf)
 {
-	__u32 lo = mac[5];
+	__u16 first;
+	__u32 rest;
+	__builtin_memcpy(&first, buf + 6, 2);
+	__builtin_memcpy(&rest, buf + 8, 4);
+	return first | ((__u64)rest << 16);
+}
+
+/* Is `mac` (src_mac()) one of the bridge's own? */
+static __always_inline int is_own_mac(__u64 mac)
+{
+	__u32 lo = (__u32)(mac >> 40);   /* the MAC's last byte */
 	__u32 *any = own_mac_lo.lookup(&lo);
 	if (!any || !*any)
 		return 0;
-	__u64 key = 0;
-	__builtin_memcpy(&key, mac, 6);
-	return own_macs.lookup(&key) != NULL;
+	return own_macs.lookup(&mac) != NULL;
 }
 
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)
@@ -292,16 +302,6 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 static __always_inline int is_arp(const __u8 *buf)
 {
 	return buf[12] == 0x08 && buf[13] == 0x06;
-}
-
-/* The source MAC (bytes 6..11) as a little-endian u48: a flood_sources key. */
-static __always_inline __u64 src_mac(const __u8 *buf)
-{
-	__u16 first;
-	__u32 rest;
-	__builtin_memcpy(&first, buf + 6, 2);
-	__builtin_memcpy(&rest, buf + 8, 4);
-	return first | ((__u64)rest << 16);
 }
 
 /* The entry of IPv4 address `ip` (never 0), made if missing: its set's way
@@ -580,7 +580,7 @@ static __always_inline int rx_frame(struct hit *h, const __u8 *buf, int arp_ok)
 		if (arp_ok)
 			arp_seen(h->slot, h->pc, buf);
 	}
-	if (is_own_mac(buf + 6)) {
+	if (is_own_mac(src_mac(buf))) {
 		/* br_fdb_update() would log "received packet on X with own address
 		 * as source address" (rate-limited); this is the exact count. */
 		count(h->pc, PC_ECHOES, 1);
@@ -615,15 +615,14 @@ static __always_inline int tc_fingerprint(struct __sk_buff *skb, __u64 *fp)
 	const void *end = (const void *)(long)skb->data_end;
 	__u32 len = skb->len;
 	__u64 h;
-	if ((const void *)(data + FINGERPRINT_BYTES) <= end) {
-		h = FINGERPRINT_BYTES * FP_K_LEN;
-#pragma unroll
-		for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
-			h += *(const __u64 *)(data + i * 8) * FP_K(i);
-	} else if (len >= FINGERPRINT_BYTES) {
-		__u64 w[FINGERPRINT_BYTES / 8];
-		if (bpf_skb_load_bytes(skb, 0, w, sizeof(w)) != 0)
-			return -1;
+	if (len >= FINGERPRINT_BYTES) {
+		const __u64 *w = (const __u64 *)data;
+		__u64 copy[FINGERPRINT_BYTES / 8];
+		if ((const void *)(data + FINGERPRINT_BYTES) > end) {   /* not linear */
+			if (bpf_skb_load_bytes(skb, 0, copy, sizeof(copy)) != 0)
+				return -1;
+			w = copy;
+		}
 		h = FINGERPRINT_BYTES * FP_K_LEN;
 #pragma unroll
 		for (int i = 0; i < FINGERPRINT_BYTES / 8; i++)
