@@ -481,6 +481,131 @@ finally:
 """
 
 
+@dataclass
+class SlowPeerLoop(PeerLoop):
+    """A peer bridge joined to the lab bridge by one fast link and one slow one.
+
+    links[0] is the relayed link (lab tap <prefix>s1, peer tap s1p), links[1]
+    the veth pair (<prefix>l1, p1).  The order is chosen so that break_loop()
+    (keep=1) and the watchdog delete the *veth*: the storm stops and the relay
+    keeps running undisturbed until stop_relay() or cleanup.  `relay` is our
+    child that copies frames between the two taps, holding each `delay` s;
+    `relay_stats` is what it reported when stopped: relayed (= a2b + b2a),
+    a2b (lab tap -> peer tap), b2a (peer tap -> lab tap), failed (writes the
+    kernel refused), dropped (queue full).
+    """
+    delay: float = 0.0
+    relay_link: tuple = ()                                   # (lab tap, peer tap)
+    relay: Optional[subprocess.Popen] = None
+    relay_stats: Dict[str, int] = field(default_factory=dict)
+
+
+# A slow link without netem (this kernel has none): a userspace relay between
+# tap A (in the namespace we are started in, via `ip netns exec`) and tap B
+# (in another namespace, given as its /run/netns path).  Every frame read from
+# one tap is written to the other `delay` seconds later.  argv: tap_a
+# netns_b_path tap_b hold max_frames delay queue_limit.
+#
+# * One process, two namespaces: open tap A's fd first, then setns() into B
+#   and open tap B.  A tun fd stays bound to its device (and that device's
+#   namespace), so both fds keep working from wherever the process sits.
+# * A timed queue per direction, not a sleep per frame: frames arriving while
+#   others are held are held *concurrently*, so throughput is not 1/delay.
+#   The delay is constant, so release times are in arrival order and a FIFO
+#   (deque) is already sorted; select() sleeps until the next release.
+# * Bounded by `hold` seconds AND `max_frames` frames relayed; each queue
+#   holds at most `queue_limit` frames (more are dropped and counted), so a
+#   storm through the relay cannot eat memory.
+# * Prints "ready" once both fds are open (both taps then have carrier), and
+#   "relayed N a2b N b2a N failed N dropped N" on exit, SIGTERM included.
+_RELAY = r"""
+import collections, errno, fcntl, os, select, signal, struct, sys, time
+tap_a, ns_b, tap_b = sys.argv[1], sys.argv[2], sys.argv[3]
+hold, max_frames, delay = float(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+limit = int(sys.argv[7])
+TUNSETIFF, IFF_TAP, IFF_NO_PI, CLONE_NEWNET = 0x400454ca, 0x0002, 0x1000, 0x40000000
+def stop(signum, frame):
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, stop)
+
+def open_tap(name):
+    # Non-blocking: we drain each fd until EAGAIN, and never block in write.
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    return fd
+
+def setns_net(path):
+    nsfd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "setns"):          # Python >= 3.12
+            os.setns(nsfd, CLONE_NEWNET)
+        else:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(nsfd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, "setns(%s): %s" % (path, os.strerror(err)))
+    finally:
+        os.close(nsfd)
+
+fd_a = open_tap(tap_a)
+setns_net(ns_b)
+fd_b = open_tap(tap_b)
+print("ready", flush=True)
+
+dest = {fd_a: fd_b, fd_b: fd_a}
+queue = {fd_a: collections.deque(), fd_b: collections.deque()}   # by source fd
+moved = {fd_a: 0, fd_b: 0}
+n = failed = dropped = 0
+gone = ""
+end = time.monotonic() + hold
+try:
+    while n < max_frames and not gone:
+        now = time.monotonic()
+        for src, q in queue.items():              # release whatever is due
+            while q and q[0][0] <= now and n < max_frames:
+                frame = q.popleft()[1]
+                try:
+                    os.write(dest[src], frame)
+                except OSError as e:
+                    if e.errno == errno.EBADFD:   # the device was deleted
+                        gone = tap_b if src == fd_a else tap_a
+                        break
+                    # EIO: tap down; EAGAIN/ENOBUFS: no room.  The frame is lost,
+                    # as on a real link; anything else is a bug.
+                    if e.errno not in (errno.EIO, errno.EAGAIN, errno.ENOBUFS):
+                        raise
+                    failed += 1
+                    continue
+                n += 1
+                moved[src] += 1
+        if n >= max_frames or gone or now >= end:
+            break
+        wake = min([end] + [q[0][0] for q in queue.values() if q])
+        readable = select.select([fd_a, fd_b], [], [], max(0.0, wake - time.monotonic()))[0]
+        arrived = time.monotonic()
+        for src in readable:
+            for _ in range(256):                  # a batch, so one side cannot starve the other
+                try:
+                    frame = os.read(src, 65536)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBADFD:
+                        raise
+                    gone = tap_a if src == fd_a else tap_b
+                    break
+                if len(queue[src]) >= limit:
+                    dropped += 1
+                else:
+                    queue[src].append((arrived + delay, frame))
+finally:
+    print("relayed %d a2b %d b2a %d failed %d dropped %d%s" % (
+        n, moved[fd_a], moved[fd_b], failed, dropped, (" gone " + gone) if gone else ""),
+        flush=True)
+"""
+
+
 class Lab:
     """A bridge namespace with N host namespaces, built on enter, removed on exit.
 
@@ -662,15 +787,20 @@ class Lab:
         reach it at all.
         """
         argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", script, name] + list(args))
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        return self._start_ready_child(argv, "tap child for %s" % name)
+
+    def _start_ready_child(self, argv: Sequence[str], what: str) -> subprocess.Popen:
+        """Start a child of ours (tracked for cleanup) and wait, bounded, for its
+        "ready" line; kill it by PID and raise with its stderr otherwise."""
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 preexec_fn=_set_pdeathsig)
         self._children.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 10.0)
         line = proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             _kill_pid(proc)
-            raise LabError("tap child for %s did not start: %s" % (
-                name, proc.stderr.read().decode(errors="replace").strip()))
+            raise LabError("%s did not start: %s" % (
+                what, proc.stderr.read().decode(errors="replace").strip()))
         return proc
 
     def stop_tap_reader(self, name: str, timeout: float = 5.0) -> Optional[int]:
@@ -804,32 +934,11 @@ class Lab:
         if bool(stp) != bool(self.stp):
             raise LabError("add_peer_bridge_loop(stp=%s) on Lab(stp=%s): both bridges must "
                            "agree (build the Lab with stp=%s)" % (stp, self.stp, stp))
-        if self.peer_loop is not None:
-            raise LabError("this lab already has a peer bridge loop")
-        netns = self.add_netns("%s-peer" % self.prefix)
-        loop = PeerLoop(netns=netns, bridge=self.PEER_BRIDGE, mac="%s:fd" % self.mac_base,
-                        links=[], stp=bool(stp), root=root if stp else None)
-        self.peer_loop = loop
-        args = self._stp_args(bool(stp))
-        if stp:
-            # Bridge id = priority then MAC; the lab bridge keeps the default
-            # 32768, so 4096 makes the peer root and 61440 makes it lose.
-            args += ["priority", "4096" if root == "peer" else "61440"]
-        self.ip(netns, "link", "add", loop.bridge, "address", loop.mac, "type", "bridge",
-                *args, "mcast_snooping", "0")
-        self.ip(netns, "link", "set", loop.bridge, "up")
+        loop = self._new_peer_bridge(PeerLoop, stp, root)
+        netns = loop.netns
         for i in range(1, links + 1):
-            lab_port, peer_port = "%sl%d" % (self.prefix, i), "p%d" % i
-            self.ip(self.bridge_ns, "link", "add", lab_port, "type", "veth",
-                    "peer", "name", peer_port, "netns", netns)
-            self.ip(self.bridge_ns, "link", "set", lab_port, "master", self.bridge)
-            self.ip(netns, "link", "set", peer_port, "master", loop.bridge)
-            loop.links.append((lab_port, peer_port))
-        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _LOOP_WATCHDOG, repr(hold)]
-                       + [lab for lab, _ in loop.links[1:]])
-        loop.watchdog = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
-        self._children.append(loop.watchdog)
+            loop.links.append(self._add_peer_veth(loop, "%sl%d" % (self.prefix, i), "p%d" % i))
+        self._start_loop_watchdog(loop, hold)
         start = time.monotonic()
         for lab_port, peer_port in loop.links:
             self.ip(self.bridge_ns, "link", "set", lab_port, "up")
@@ -839,6 +948,123 @@ class Lab:
         else:
             self.peer_loop_states()
         return loop
+
+    def _new_peer_bridge(self, cls: type, stp: bool, root: str, **extra) -> PeerLoop:
+        """Namespace <prefix>-peer with bridge br-peer up in it, as a `cls`
+        (PeerLoop or SlowPeerLoop) kept in self.peer_loop; no links yet."""
+        if self.peer_loop is not None:
+            raise LabError("this lab already has a peer bridge loop")
+        netns = self.add_netns("%s-peer" % self.prefix)
+        loop = cls(netns=netns, bridge=self.PEER_BRIDGE, mac="%s:fd" % self.mac_base,
+                   links=[], stp=bool(stp), root=root if stp else None, **extra)
+        self.peer_loop = loop
+        args = self._stp_args(bool(stp))
+        if stp:
+            # Bridge id = priority then MAC; the lab bridge keeps the default
+            # 32768, so 4096 makes the peer root and 61440 makes it lose.
+            args += ["priority", "4096" if root == "peer" else "61440"]
+        self.ip(netns, "link", "add", loop.bridge, "address", loop.mac, "type", "bridge",
+                *args, "mcast_snooping", "0")
+        self.ip(netns, "link", "set", loop.bridge, "up")
+        return loop
+
+    def _add_peer_veth(self, loop: PeerLoop, lab_port: str, peer_port: str) -> tuple:
+        """Veth LAB_PORT (on the lab bridge) <-> PEER_PORT (on br-peer), both
+        still down: the caller brings links up once its watchdog runs."""
+        self.ip(self.bridge_ns, "link", "add", lab_port, "type", "veth",
+                "peer", "name", peer_port, "netns", loop.netns)
+        self.ip(self.bridge_ns, "link", "set", lab_port, "master", self.bridge)
+        self.ip(loop.netns, "link", "set", peer_port, "master", loop.bridge)
+        return lab_port, peer_port
+
+    def _start_loop_watchdog(self, loop: PeerLoop, hold: float) -> None:
+        """Child of ours that deletes every loop link but the first after `hold` s."""
+        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _LOOP_WATCHDOG, repr(hold)]
+                       + [lab for lab, _ in loop.links[1:]])
+        loop.watchdog = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
+        self._children.append(loop.watchdog)
+
+    # ---- the same, with one link ~`delay` s long: a slow layer-2 loop ----
+    RELAY_QUEUE_LIMIT = 10000   # frames held per direction before the relay drops
+
+    def add_slow_peer_loop(self, delay: float = 0.3, hold: float = 60.0,
+                           max_frames: int = 10000) -> SlowPeerLoop:
+        """Add bridge br-peer in <prefix>-peer (as add_peer_bridge_loop does),
+        joined to the lab bridge by one veth pair (<prefix>l1 <-> p1, fast) and
+        one slow link: tap <prefix>s1 on the lab bridge, tap s1p on br-peer,
+        and a relay child of ours copying frames between them, each held
+        `delay` seconds.  STP is off on both bridges (needs Lab(stp=False)).
+
+        Why: a loop whose round trip is ~`delay` instead of microseconds, so
+        a single broadcast circulates at a countable rate (about 1/delay
+        frames a second per port and direction) rather than as a storm, as
+        when two sites are bridged over a slow VPN *and* a backup link.  This
+        kernel has no netem, hence the userspace relay.
+
+        Bounds: the relay stops after `hold` s or `max_frames` frames
+        relayed; a watchdog deletes the veth after `hold` s (clock started
+        before the links come up); cleanup kills both and deletes the
+        namespaces.  break_loop() deletes the veth (links[1]): the storm stops
+        within `delay` s, the relay keeps running; stop_relay() stops it and
+        returns how many frames it relayed.
+
+        Returns the SlowPeerLoop (also self.peer_loop): links ==
+        [(<prefix>s1, s1p), (<prefix>l1, p1)], relay_link, delay, relay.
+        """
+        if delay < 0 or hold <= 0 or max_frames < 0:
+            raise ValueError("need delay >= 0, hold > 0 and max_frames >= 0")
+        if self.stp:
+            raise LabError("add_slow_peer_loop() needs Lab(stp=False): it is a loop on purpose")
+        lab_tap, peer_tap = self.prefix + "s1", "s1p"
+        loop = self._new_peer_bridge(SlowPeerLoop, False, "peer", delay=delay,
+                                     relay_link=(lab_tap, peer_tap))
+        # The taps are admin-up now but have no carrier (the bridge port is
+        # "disabled") until the relay opens them; a tap must be up before
+        # anyone writes into it (else EIO).
+        for netns, tap, bridge in ((self.bridge_ns, lab_tap, self.bridge),
+                                   (loop.netns, peer_tap, loop.bridge)):
+            self.ip(netns, "tuntap", "add", "dev", tap, "mode", "tap")
+            self.ip(netns, "link", "set", tap, "master", bridge)
+            self.ip(netns, "link", "set", tap, "up")
+        loop.links.append(loop.relay_link)
+        loop.links.append(self._add_peer_veth(loop, "%sl1" % self.prefix, "p1"))
+        self._start_loop_watchdog(loop, hold)
+        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _RELAY, lab_tap,
+                                        netns_path(loop.netns), peer_tap, repr(hold),
+                                        str(max_frames), repr(delay),
+                                        str(self.RELAY_QUEUE_LIMIT)])
+        loop.relay = self._start_ready_child(argv, "relay %s <-> %s" % (lab_tap, peer_tap))
+        # The veth comes up last: only now is the loop closed.
+        lab_port, peer_port = loop.links[1]
+        self.ip(self.bridge_ns, "link", "set", lab_port, "up")
+        self.ip(loop.netns, "link", "set", peer_port, "up")
+        self.peer_loop_states()
+        return loop
+
+    def stop_relay(self, timeout: float = 5.0) -> Optional[int]:
+        """Stop the slow loop's relay (by PID); return how many frames it relayed.
+
+        The per-direction counts land in peer_loop.relay_stats.  None if there
+        is no running relay or its report was lost.  Both taps lose carrier.
+        """
+        loop = self.peer_loop
+        proc = getattr(loop, "relay", None)
+        if proc is None:
+            return None
+        loop.relay = None
+        _kill_pid(proc, grace=timeout)
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+        if proc in self._children:
+            self._children.remove(proc)
+        fields = out.split()
+        # "relayed N a2b N b2a N failed N dropped N [gone TAP]": key/value pairs.
+        stats = {k: int(v) for k, v in zip(fields[::2], fields[1::2]) if v.isdigit()}
+        loop.relay_stats = stats
+        return stats.get("relayed")
 
     def _wait_peer_loop_converged(self, loop: PeerLoop, start: float, settle: float) -> None:
         """Poll both bridges until STP settled with links-1 blocking loop ports."""
