@@ -60,13 +60,20 @@
 #define PC_RX_MULTICAST 5
 #define PC_RX_ARP 6
 #define PC_ECHOES 7        /* frames in with one of the bridge's own MACs as source */
-#define PC_RETURNS 8       /* flooded frames that came back in through a port they left by */
-#define PC_REENTRIES 9     /* flooded frames that came back in through another port */
+/* Loop copies: a flooded frame seen again within LOOP_WINDOW_NS (forward.bpf.c,
+ * flood_ingress() says which copies count). Split by whether the bridge had
+ * sent the frame's previous pass out of this very port: */
+#define PC_RETURNS 8       /* copies in through a port the previous pass left by */
+#define PC_REENTRIES 9     /* copies in through a port the previous pass did not leave by */
 #define PC_ARP_DUPLICATES 10 /* ARP frames among returns + reentries */
 #define PC_ARP_REQUESTS 11
 #define PC_ARP_REPLIES 12
 #define PC_ARP_GRATUITOUS 13
-#define PORT_COUNTERS 16
+#define PC_CROSSINGS 14    /* loop copies whose previous pass entered by another port */
+#define PC_TX_FLOODED 15   /* group-addressed (flooded) frames sent out of the port */
+#define PC_HOST_REPEATS 16 /* copies in through the port the frame was first seen on, taken
+			    * for its host repeating itself (flood_ingress()): not loop copies */
+#define PORT_COUNTERS 24
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own
  * functions where the kernel has kprobes (`decisions`, per-CPU array indexed
@@ -78,9 +85,22 @@
 #define DEC_LOCAL 4          /* br_pass_frame_up(): delivered to the bridge itself */
 #define DECISIONS 8
 
-/* A flooded frame seen again within this window (ns) counts as looping: loops
- * return in micro- to milliseconds, ARP retransmits come a second apart. */
-#define LOOP_WINDOW_NS 200000000ULL
+/* A flooded frame seen again within this window (ns) is a copy: loops through
+ * a bridge's veths return in microseconds, through a VPN over the internet in
+ * 10-300 ms, more when a userspace VPN queues under a storm; 1 s covers them.
+ * ARP/NDP retransmits come 1 s apart or more (kernel timers never fire early),
+ * so they fall outside; a host repeating itself faster (GARP bursts) is told
+ * apart by where the copy comes in (HOST_REPEATS_MAX). */
+#define LOOP_WINDOW_NS 1000000000ULL
+/* A copy entering the port its frame was first seen on, after the frame went
+ * elsewhere, is taken for that host resending it (retransmits, GARP bursts: a
+ * handful) this many times; a loop brings it back there for ever. */
+#define HOST_REPEATS_MAX 8
+/* frame_event.how for EVENT_LOOP: bits. */
+#define LOOP_SENT 1        /* the previous pass left by this port (a return) */
+#define LOOP_CROSSED 2     /* the previous pass entered by another port */
+#define LOOP_AT_ORIGIN 4   /* this port is where the frame was first seen */
+#define LOOP_COPY 8        /* always set on a copy */
 /* The fake helper number the C code calls for bpf_rdonly_cast(); the loader
  * rewrites each such call into a kfunc call (tracer/kernel/kfunc.py). Far
  * above any real helper, so no genuine call is mistaken for it. */
@@ -170,10 +190,12 @@ struct fdb_event {
 struct frame_event {
 	__u8 kind;        /* EVENT_ECHO or EVENT_LOOP */
 	__u8 frame_len;
-	__u16 how;        /* EVENT_LOOP: 1 returned via a port it left by, 2 via another port */
+	__u16 how;        /* EVENT_LOOP: LOOP_* bits */
 	__u32 ifindex;    /* ingress port */
 	__u32 wire_len;
-	__u32 first_ifindex; /* EVENT_LOOP: where the frame first entered (0: the bridge itself) */
+	__u32 prev_ifindex; /* EVENT_LOOP: where the previous pass entered (0: the bridge itself) */
+	__u32 gap_ticks;  /* EVENT_LOOP: jiffies since that pass (round trip, flood_ingress()) */
+	__u32 pad;
 	__u64 ts_ns;
 	__u8 frame[FRAME_BYTES];
 };

@@ -61,11 +61,16 @@ BPF_ARRAY(own_mac_lo, __u32, 256);
  * small, hot structures say when a frame cannot be a return, so its entry is
  * written without being read:
  *   flood_sources  per source MAC, the port it last entered by and when it
- *                  last entered by another one (or came back). A frame comes
- *                  back by a port other than the one it first entered by, and
- *                  that first entry marked its source, so a source that has
- *                  entered by this one port only for a whole LOOP_WINDOW_NS
- *                  sends new frames. Shared by all CPUs: a frame may come back
+ *                  last entered by another one (or a copy of its frames came
+ *                  in). A source that has entered by this one port only for
+ *                  a whole LOOP_WINDOW_NS sends new frames: a copy of one of
+ *                  them coming back by another port would have marked it, and
+ *                  a counted copy marks it again, so a loop keeps its sources
+ *                  checked. What this skips are copies coming back by their
+ *                  source's own port before anything marked it: the frames of
+ *                  hosts behind a port with a loop beyond it, which the loop
+ *                  verdict does not need (the bridge's own frames coming back
+ *                  show that loop). Shared by all CPUs: a frame may come back
  *                  on another CPU than the one it entered on.
  *   flood_current  per CPU, the flooded frame let in last: br_flood() sends
  *                  its clones out of the ports right after, on the same CPU,
@@ -78,14 +83,23 @@ BPF_ARRAY(own_mac_lo, __u32, 256);
  */
 struct flood_tag {
 	__u32 tag;   /* the fingerprint's high 32 bits */
-	__u32 tick;  /* when last seen (flood_tick()) */
+	__u32 tick;  /* when its latest pass entered the bridge (flood_tick()) */
 };
+/* What the frame did: where it was first seen, where its latest pass entered
+ * and which ports that pass left by. `pass` packs four bytes so that a new
+ * frame's entry is written with as few stores as before (FP_*). */
 struct flood_path {
-	__u64 out_mask[MAX_PORTS / 64]; /* slots it left through */
-	__u32 in_slot;                   /* where it first entered (0: the bridge) */
-	__u32 in_ifindex;
-	__u64 pad;                       /* 32 bytes: no entry straddles two cache lines */
+	__u64 out_mask[MAX_PORTS / 64]; /* slots its latest pass left through */
+	__u32 in_ifindex;                /* where its latest pass entered (0: the bridge) */
+	__u32 other_tick;                /* when the pass before entered, if by another port */
+	__u32 pass;                      /* FP_LAST | FP_ORIGIN | FP_REPEATS | FP_OTHER */
+	__u32 pad;                       /* 32 bytes: no entry straddles two cache lines */
 };
+#define FP_LAST(x) ((x) & 0xff)             /* slot its latest pass entered by */
+#define FP_ORIGIN(x) (((x) >> 8) & 0xff)    /* slot it was first seen entering by */
+#define FP_REPEATS(x) (((x) >> 16) & 0xff)  /* times it came in again by FP_ORIGIN as a host repeat */
+#define FP_OTHER (1U << 24)                 /* other_tick is set */
+#define FP_PASS(last, origin, repeats) ((last) | ((origin) << 8) | ((repeats) << 16))
 BPF_ARRAY(flood_tags, struct flood_tag, FLOOD_KEYS_MAX);
 BPF_ARRAY(flood_paths, struct flood_path, FLOOD_KEYS_MAX);
 
@@ -137,8 +151,9 @@ struct hit {
 	__u64 now;        /* 0 until hit_now() */
 	struct port_ctrs *pc;  /* this CPU's counters of the port */
 	__u32 echo;       /* records owed by this frame (hit_records()) */
-	__u32 loop_how;
-	__u32 loop_first;
+	__u32 loop_how;   /* LOOP_* bits of a loop copy, 0 if none */
+	__u32 loop_prev;  /* where its previous pass entered */
+	__u32 loop_gap;   /* jiffies since then */
 #if PORT_HOOK_TCX
 	struct __sk_buff *skb;
 #else
@@ -237,7 +252,8 @@ static __always_inline __u64 fingerprint(const __u64 *w, __u32 len)
 }
 #endif
 
-static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u32 first_ifindex)
+static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u32 prev_ifindex,
+					__u32 gap)
 {
 	struct frame_event *ev = event_reserve(kind, sizeof(struct frame_event), hit_now(h));
 	if (!ev)
@@ -246,7 +262,8 @@ static __always_inline void frame_event(int kind, struct hit *h, __u16 how, __u3
 	ev->how = how;
 	ev->ifindex = h->ifindex;
 	ev->wire_len = h->wire;
-	ev->first_ifindex = first_ifindex;
+	ev->prev_ifindex = prev_ifindex;
+	ev->gap_ticks = gap;
 	ev->ts_ns = h->now;
 	ev->frame_len = h->wire < FRAME_BYTES ? h->wire : FRAME_BYTES;
 	if (copy_frame(h, ev->frame, h->wire, FRAME_BYTES) != 0)
@@ -268,7 +285,7 @@ static __always_inline void hit_records(struct hit *h)
 		if (loop ? !h->loop_how : !h->echo)
 			continue;
 		frame_event(loop ? EVENT_LOOP : EVENT_ECHO, h, loop ? h->loop_how : 0,
-			    loop ? h->loop_first : 0);
+			    loop ? h->loop_prev : 0, loop ? h->loop_gap : 0);
 	}
 }
 
@@ -405,8 +422,27 @@ static __always_inline void flood_new(struct flood_tag *t, struct flood_path *p,
 	t->tick = tick;
 	p->out_mask[0] = 0;
 	p->out_mask[1] = 0;
-	p->in_slot = in_slot;
 	p->in_ifindex = in_ifindex;
+	p->pass = FP_PASS(in_slot, in_slot, 0);
+}
+
+/* A copy of a known frame starts a new pass through the bridge at `slot`: its
+ * egress fills the out-mask again. The time of the pass before is kept when
+ * it entered by another port, for the round trip (flood_ingress()). */
+static __always_inline void flood_pass(struct flood_tag *t, struct flood_path *p, __u32 tick,
+				       __u32 slot, __u32 ifindex, __u32 repeats)
+{
+	__u32 pass = p->pass;
+	__u32 other = pass & FP_OTHER;
+	if (FP_LAST(pass) != slot) {
+		p->other_tick = t->tick;
+		other = FP_OTHER;
+	}
+	p->pass = FP_PASS(slot, FP_ORIGIN(pass), repeats) | other;
+	p->in_ifindex = ifindex;
+	p->out_mask[0] = 0;
+	p->out_mask[1] = 0;
+	t->tick = tick;
 }
 
 /* This CPU's flooded frame is now `fp`; with tcx, also which buffer holds it
@@ -451,8 +487,30 @@ static __always_inline struct flood_source *flood_source(__u64 mac, __u32 slot, 
 	return s;
 }
 
-/* A flooded frame (fingerprint `fp`, source MAC `mac`) entering the bridge:
- * new, or back again? */
+static __always_inline int mask_has(const __u64 *mask, __u32 slot)
+{
+	return (int)(((slot < 64 ? mask[0] : mask[1]) >> (slot & 63)) & 1);
+}
+
+/*
+ * A flooded frame (fingerprint `fp`, source MAC `mac`) entering the bridge:
+ * new, or a copy of one seen within the loop window?
+ *
+ * A copy is classified against the frame's previous pass, not its first one:
+ * in a steady loop the copies travelling each way are byte-identical, and
+ * brtrace may have started minutes into the storm, so "where it first came
+ * in" is often just where brtrace first saw it. Per port it counts as
+ *   returned    the previous pass left by this port (PC_RETURNS), or
+ *   reentered   it did not (PC_REENTRIES: a loop beyond the port sends it
+ *               again, though the bridge never flooded it back there),
+ * and crossed (PC_CROSSINGS) when the previous pass entered by another port.
+ * A copy entering by the port the frame was first seen on may be the host
+ * behind it repeating itself (ARP retransmits, GARP bursts; the bridge never
+ * sends a frame back out of its ingress port): PC_HOST_REPEATS, not copies
+ * (the rule is at the test below). Which ports a loop runs through is decided in
+ * userspace from these counts against what the bridge flooded out of each
+ * port (tracer/diagnose.py, l2_loop()).
+ */
 static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, int arp)
 {
 	__u32 tick = flood_tick();
@@ -461,32 +519,48 @@ static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, in
 	if (!flood_entries(fp, &t, &p))
 		return;
 	__u32 slot = h->slot;
-	struct flood_current *cur = flood_now(fp, h);
+	flood_now(fp, h);
 	int steady;
 	struct flood_source *src = flood_source(mac, slot, tick, &steady);
-	/* A copy entering through the port the frame first came in by is that
-	 * host repeating itself (GARP bursts, retransmits): the bridge never sends
-	 * a frame back out of its ingress port, so no loop returns it there. */
-	if (!steady && t->tag == (__u32)(fp >> 32) && (__s32)(tick - t->tick) < LOOP_WINDOW_TICKS &&
-	    slot != p->in_slot && (p->out_mask[0] | p->out_mask[1])) {
-		__u64 bit = 1ULL << (slot & 63);
-		__u64 mask = slot < 64 ? p->out_mask[0] : p->out_mask[1];
-		/* 1: it left through this very port; 2: it left elsewhere, came back here */
-		__u16 how = (mask & bit) ? 1 : 2;
-		count(h->pc, how == 1 ? PC_RETURNS : PC_REENTRIES, 1);
-		if (arp)
-			count(h->pc, PC_ARP_DUPLICATES, 1);
-		h->loop_how = how;
-		h->loop_first = p->in_ifindex;
-		t->tick = tick;
-		if (src)
-			src->tick = tick;  /* its next frames may come back too */
-		if (cur)
-			cur->fp = 0;       /* its egress adds to the old out-mask */
+	if (steady || t->tag != (__u32)(fp >> 32) || (__s32)(tick - t->tick) >= LOOP_WINDOW_TICKS ||
+	    !(p->out_mask[0] | p->out_mask[1])) {
+		/* New: remember where it entered. */
+		flood_new(t, p, fp, tick, slot, h->ifindex);
 		return;
 	}
-	/* New (or a host repeating itself on its own port): remember where it entered. */
-	flood_new(t, p, fp, tick, slot, h->ifindex);
+	__u32 pass = p->pass;
+	__u32 repeats = FP_REPEATS(pass);
+	int origin = FP_ORIGIN(pass) == slot;
+	int crossed = FP_LAST(pass) != slot;
+	int sent = mask_has(p->out_mask, slot);
+	/* At the frame's first port, after a pass that entered there too and did
+	 * not leave there, it is always the host repeating itself (nothing went
+	 * out that could come back). After a pass by another port, or one sent
+	 * back out here, it may be the host resending a frame that a reflector
+	 * returned, or a loop bringing the frame round: the first
+	 * HOST_REPEATS_MAX such are taken for the host. */
+	if (origin && ((!crossed && !sent) || repeats < HOST_REPEATS_MAX)) {
+		count(h->pc, PC_HOST_REPEATS, 1);
+		flood_pass(t, p, tick, slot, h->ifindex, repeats + (crossed || sent));
+		return;
+	}
+	count(h->pc, sent ? PC_RETURNS : PC_REENTRIES, 1);
+	if (crossed)
+		count(h->pc, PC_CROSSINGS, 1);
+	if (arp)
+		count(h->pc, PC_ARP_DUPLICATES, 1);
+	h->loop_how = LOOP_COPY | (sent ? LOOP_SENT : 0) | (crossed ? LOOP_CROSSED : 0) |
+		      (origin ? LOOP_AT_ORIGIN : 0);
+	h->loop_prev = p->in_ifindex;
+	/* Round trip: since this port's own previous pass where the frame keeps
+	 * coming in by one port (a reflector, a loop beyond), else since the pass
+	 * before the previous one: two copies going round a loop in opposite
+	 * directions enter by alternate ports, each by its own. */
+	__u32 since = (!crossed || !(pass & FP_OTHER)) ? t->tick : p->other_tick;
+	h->loop_gap = tick - since;
+	if (src)
+		src->tick = tick;  /* its next frames may come back too */
+	flood_pass(t, p, tick, slot, h->ifindex, repeats);
 }
 
 static __always_inline void mask_add(__u64 *mask, __u32 slot)
@@ -542,7 +616,8 @@ static __always_inline void flood_egress(struct hit *h, __u64 fp, __u64 mac)
 		return;
 	if (cur->fp != fp) {
 		if (t->tag == (__u32)(fp >> 32)) {
-			/* A frame back again, flooded anew: add to its entry. Not
+			/* A known frame whose pass this CPU no longer tracks (another
+			 * flooded frame came in between): add to its entry. Not
 			 * atomic: br_flood() clones the frame to one port after the
 			 * other on one CPU, so the writers of one entry take turns. */
 			mask_add(p->out_mask, h->slot);
@@ -703,6 +778,7 @@ int port_egress(struct __sk_buff *skb)
 	}
 	if (!(buf[0] & 1))
 		return TCX_NEXT_;  /* unicast (I/G bit of the first byte clear): no fingerprint */
+	count(h.pc, PC_TX_FLOODED, 1);
 	if (flood_clone(&h))
 		return TCX_NEXT_;
 	__u64 fp;
@@ -753,8 +829,10 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		bridge_tx(&h, (const __u8 *)words);
 		return 0;
 	}
-	if (words[0] & 1)  /* a group destination (I/G bit of the first byte) */
+	if (words[0] & 1) {  /* a group destination (I/G bit of the first byte) */
+		count(h.pc, PC_TX_FLOODED, 1);
 		flood_egress(&h, fingerprint(words, h.wire), src_mac((const __u8 *)words));
+	}
 	return 0;
 }
 

@@ -101,7 +101,9 @@ class FrameEvent(ctypes.Structure):
         ("how", ctypes.c_uint16),
         ("ifindex", ctypes.c_uint32),
         ("wire_len", ctypes.c_uint32),
-        ("first_ifindex", ctypes.c_uint32),
+        ("prev_ifindex", ctypes.c_uint32),
+        ("gap_ticks", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("ts_ns", ctypes.c_uint64),
         ("frame", ctypes.c_uint8 * FRAME_BYTES),
     ]

@@ -125,7 +125,6 @@ def parse_fdb_event(raw: bytes) -> dict:
             "ifindex": ev.ifindex}
 
 
-LOOP_HOW = {1: "returned", 2: "reentered"}
 
 
 def parse_frame_event(raw: bytes) -> dict:
@@ -135,8 +134,12 @@ def parse_frame_event(raw: bytes) -> dict:
     kind = "echo" if ev.kind == CONST["EVENT_ECHO"] else "loop"
     rec = {"kind": kind, "ts_ns": ev.ts_ns, "ifindex": ev.ifindex, "wire_len": ev.wire_len}
     if kind == "loop":
-        rec["how"] = LOOP_HOW.get(ev.how, str(ev.how))
-        rec["first_ifindex"] = ev.first_ifindex
+        # LOOP_* bits (brtrace.h): how this copy relates to the frame's previous pass.
+        rec["how"] = "returned" if ev.how & CONST["LOOP_SENT"] else "reentered"
+        rec["crossed"] = bool(ev.how & CONST["LOOP_CROSSED"])
+        rec["at_origin"] = bool(ev.how & CONST["LOOP_AT_ORIGIN"])
+        rec["prev_ifindex"] = ev.prev_ifindex
+        rec["gap_ticks"] = ev.gap_ticks
     rec.update(decode_frame(bytes(ev.frame[:ev.frame_len])))
     return rec
 

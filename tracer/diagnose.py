@@ -17,7 +17,15 @@ from tracer.aggregate import BridgeState
 FLAP_MIN_MOVES = 3
 # Flooded frames seen coming back at least this often make a loop finding.
 LOOP_MIN_FRAMES = 5
-# Per-port rates (frames/s over the last interval) that make a storm.
+# A port is on a loop's path when the copies coming in by it are at least this
+# share of the flooded frames the bridge sent out of it. On the path nearly
+# every frame sent out comes back (a VPN under a storm loses some); a port that
+# only carries the storm (a VM's, the gateway's) sees a copy come in when its
+# host happens to resend a frame that is also going round: a fraction of a
+# percent of what the storm floods out to it.
+LOOP_SHARE = 0.25
+# Per-port rates (frames/s, highest over a full interval) that make a storm;
+# the ARP figure counts requests (replies answer a storm, they do not make one).
 STORM_BROADCAST_PPS = 500.0
 STORM_ARP_PPS = 100.0
 
@@ -35,6 +43,8 @@ class Finding:
     # are kept for the whole run; `active` is what an alert should follow.
     active: bool = True
     identities: dict = field(default_factory=dict)   # port -> "vm web01", "vpn tincd"
+    # l2_loop: the ports whose removal ends the loop (None: not a loop finding).
+    culprit_ports: list | None = None
 
     def shown_ports(self) -> list:
         return [f"{p} ({self.identities[p]})" if self.identities.get(p) else p for p in self.ports]
@@ -42,7 +52,8 @@ class Finding:
     def record(self) -> dict:
         return {"kind": "finding", "type": self.type, "bridge": self.bridge, "ports": self.ports,
                 "identities": self.identities, "severity": self.severity, "active": self.active,
-                "message": self.message, "hint": self.hint, "evidence": self.evidence}
+                "message": self.message, "hint": self.hint, "evidence": self.evidence,
+                **({} if self.culprit_ports is None else {"culprit_ports": self.culprit_ports})}
 
 
 @dataclass
@@ -52,14 +63,18 @@ class Inputs:
     seconds: float            # run length so far
     drop_rows: list = field(default_factory=list)
     ns_prefix: str = ""       # "ip netns exec NS " when the bridge lives in a namespace
+    labels: dict = field(default_factory=dict)   # port -> who holds it ("vpn tincd (pid 42)")
+    jiffy_ms: float = 4.0     # the kernel tick: unit of the loop records' round trips
+    started_ns: int = 0       # the run's start on the kernel's monotonic clock
 
 
 def _forwarding(inp: Inputs, port: str) -> bool:
     """STP-blocked ports receive the loop's frames and discard them: that is
-    STP working, not a loop."""
+    STP working, not a loop. A port now disabled (its tap's reader gone, its
+    link down) or removed keeps what it did while it forwarded."""
     for p in inp.bridge.ports.values():
         if p.name == port:
-            return p.stp_state == "forwarding"
+            return p.stp_state not in ("blocking", "listening", "learning")
     return True
 
 
@@ -90,7 +105,9 @@ def mac_flap(inp: Inputs) -> list:
         moves = m.count - 1
         if moves < FLAP_MIN_MOVES or len(m.ports) < 2:
             continue
-        rate = m.interval_moves / inp.state.interval if inp.state.interval else 0.0
+        # over the state's trailing window: a short last interval (the tail
+        # folded at exit) must not decide the rate or `active`
+        rate = m.moves_per_second
         vlan = f" (VLAN {m.vlan})" if m.vlan else ""
         ports = " and ".join(m.ports[:4])
         out.append(Finding(
@@ -101,53 +118,147 @@ def mac_flap(inp: Inputs) -> list:
             f"(see the other findings for {ports}); `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
             {"mac": m.mac, "vlan": m.vlan, "moves": moves, "moves_per_second": round(rate, 1),
              "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1)},
-            active=m.interval_moves > 0))
+            active=m.moves_per_second > 0))
     return out
 
 
-def l2_loop(inp: Inputs) -> list:
+def _copies(values: dict) -> int:
+    return values.get("returns", 0) + values.get("reentries", 0)
+
+
+def loop_ports(inp: Inputs) -> dict:
+    """Ports on a loop's path: port -> its counters. Whole-run totals, so the
+    verdict holds from interval to interval while a storm is unchanged, and
+    a share rather than a count, so it does not depend on when brtrace
+    started. STP-blocked ports and the bridge itself are never on it."""
+    out = {}
+    for port, values in inp.state.totals.items():
+        back = _copies(values)
+        if port == inp.bridge.name or back < LOOP_MIN_FRAMES or not _forwarding(inp, port):
+            continue
+        if back >= LOOP_SHARE * values.get("tx_flooded", 0):
+            out[port] = values
+    return out
+
+
+def _percentile(values: list, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def loop_evidence(inp: Inputs, ports: dict) -> dict:
+    """What the loop looks like: copies per port, round trip, amplification,
+    when it was first seen. Round trips come from the sampled loop records
+    (jiffies: resolution one tick)."""
     st = inp.state
-    counts = {}
-    for port, values in st.totals.items():
-        n = values.get("returns", 0) + values.get("reentries", 0)
-        if n >= LOOP_MIN_FRAMES and _forwarding(inp, port) and port != inp.bridge.name:
-            counts[port] = (values.get("returns", 0), values.get("reentries", 0))
-    if not counts:
+    per_port = {p: {"reentering": _copies(v), "returned": v.get("returns", 0),
+                    "reentered": v.get("reentries", 0), "crossed": v.get("crossings", 0),
+                    "flooded_out": v.get("tx_flooded", 0), "host_repeats": v.get("host_repeats", 0)}
+                for p, v in sorted(ports.items())}
+    back = sum(_copies(v) for v in ports.values())
+    # Frames the bridge saw new: every flooded frame in, less the copies and repeats.
+    flooded_in = sum(v.get("rx_broadcast", 0) + v.get("rx_multicast", 0)
+                     - _copies(v) - v.get("host_repeats", 0)
+                     for p, v in st.totals.items() if p != inp.bridge.name)
+    gaps = [g for p in ports for g in st.round_trips.get(p, ())]
+    evidence = {"frames_back": back, "per_port": per_port,
+                "copies_per_frame": round(back / max(1, flooded_in), 1),
+                "round_trip_ms": ({"median": round(_percentile(gaps, 0.5) * inp.jiffy_ms, 1),
+                                   "p95": round(_percentile(gaps, 0.95) * inp.jiffy_ms, 1),
+                                   "samples": len(gaps), "resolution_ms": round(inp.jiffy_ms, 3)}
+                                  if gaps else None),
+                "first_seen_s": (round(max(0.0, (st.first_loop_ns - inp.started_ns) / 1e9), 1)
+                                 if st.first_loop_ns is not None and inp.started_ns else None)}
+    sources = Counter(e.get("src_mac") for e in st.loops if e["port"] in ports and e.get("src_mac"))
+    evidence["top_sources"] = dict(sources.most_common(5))
+    return evidence
+
+
+def _who(inp: Inputs, port: str) -> str:
+    return f"{port} ({inp.labels[port]})" if inp.labels.get(port) else port
+
+
+def l2_loop(inp: Inputs) -> list:
+    """One verdict from the loop model (forward.bpf.c counts the copies):
+    two or more ports on the path: a loop between them; one port: it
+    reflects when the copies come in after the bridge sent the frame out of
+    it, and the loop lies beyond it when copies keep coming in by it although
+    the bridge never sends them back there (hairpin off)."""
+    ports = loop_ports(inp)
+    if not ports:
         return []
-    total = sum(r + e for r, e in counts.values())
-    active = any(st.rate(p, "returns") + st.rate(p, "reentries") > 0 for p in counts)
-    evidence = {"frames_back": total, "per_port": {p: {"returned": r, "reentered": e}
-                                                   for p, (r, e) in sorted(counts.items())}}
-    if len(counts) == 1:
-        (port, (returned, reentered)), = counts.items()
+    st = inp.state
+    evidence = loop_evidence(inp, ports)
+    active = any(st.rate(p, "returns") + st.rate(p, "reentries") > 0 for p in ports)
+    back = evidence["frames_back"]
+    rtt = evidence["round_trip_ms"]
+    took = f", round trip ~{rtt['median']:g} ms" if rtt and rtt["median"] >= inp.jiffy_ms else (
+        f", round trip under {inp.jiffy_ms:g} ms" if rtt else "")
+    ns = inp.ns_prefix
+    if len(ports) >= 2:
+        names = sorted(ports)
+        return [Finding(
+            "l2_loop", inp.bridge.name, names, "critical",
+            f"layer-2 loop between {', '.join(names)}: flooded frames leave the bridge by one of "
+            f"these ports and come back in by another ({back} copies{took}, "
+            f"{evidence['copies_per_frame']:g} per frame)",
+            f"enable STP on every bridge of the loop (`{ns}ip link set {inp.bridge.name} type bridge "
+            f"stp_state 1`) or unplug one of these links (`{ns}ip link set {names[-1]} nomaster`)",
+            {**evidence, "kind": "loop_between_ports"}, active=active, culprit_ports=names)]
+    (port, values), = ports.items()
+    if values.get("reentries", 0) > values.get("returns", 0):
+        peers = ", ".join(evidence["top_sources"]) or "none sampled"
         return [Finding(
             "l2_loop", inp.bridge.name, [port], "critical",
-            f"{port} reflects: {total} flooded frames that the bridge sent out of {port} came back "
-            f"in through {port} itself",
-            f"confirm: `{inp.ns_prefix}ip link set {port} nomaster`; if the returns (and echoes, "
-            f"MAC moves) stop, the device or VPN behind {port} sends frames back",
-            {**evidence, "kind": "reflecting_port"}, active=active)]
-    ports = sorted(counts)
+            f"a loop beyond {port}: frames keep coming back in through {port} although the bridge "
+            f"does not send them back out there ({back} copies{took}, "
+            f"{evidence['copies_per_frame']:g} per frame): two hosts behind {port} are joined "
+            f"by a second path",
+            f"the loop is behind {_who(inp, port)}, not on this bridge: look for a second path "
+            f"between the hosts behind it (a VPN peer also cabled or bridged another way); "
+            f"sources of the copies: {peers}; `{ns}bridge fdb show br {inp.bridge.name} | grep "
+            f"{port}` lists the MACs behind it. Meanwhile `{ns}ip link set {port} nomaster` "
+            f"shields this host (and cuts it off that segment)",
+            {**evidence, "kind": "loop_beyond_port"}, active=active, culprit_ports=[])]
     return [Finding(
-        "l2_loop", inp.bridge.name, ports, "critical",
-        f"layer-2 loop through {', '.join(ports)}: {total} flooded frames left the bridge and came "
-        f"back in through another of these ports",
-        f"enable STP on every bridge of the loop (`{inp.ns_prefix}ip link set {inp.bridge.name} type "
-        f"bridge stp_state 1`) or unplug one link (`{inp.ns_prefix}ip link set {ports[-1]} nomaster`)",
-        {**evidence, "kind": "loop_between_ports"}, active=active)]
+        "l2_loop", inp.bridge.name, [port], "critical",
+        f"{port} reflects: {back} flooded frames that the bridge sent out of {port} came back in "
+        f"through {port} itself{took}",
+        f"take {port} out of the bridge (`{ns}ip link set {port} nomaster`): if the copies (and "
+        f"echoes, MAC moves) stop, {_who(inp, port)} sends frames back; check what is behind "
+        f"it (a VPN whose far end loops, a tap reader writing frames back)",
+        {**evidence, "kind": "reflecting_port"}, active=active, culprit_ports=[port])]
 
 
 def storm(inp: Inputs) -> list:
     """Per-port broadcast/ARP rates at their peak interval of the run, so a
-    storm that has since stopped is still reported (with its current rate)."""
+    storm that has since stopped is still reported (with its current rate).
+    A broadcast storm is judged on broadcast/multicast frames and ARP
+    *requests*; a port whose only high figure is ARP replies answers a storm
+    that enters elsewhere, and is reported as such."""
     out = []
     st = inp.state
+    figures = {}
     for port in sorted(st.peaks):
         if port == inp.bridge.name:
             continue
-        bcast = max(st.peak(port, "rx_broadcast"), st.peak(port, "rx_multicast"))
+        # Requests and replies are told apart where the ARP frame was readable;
+        # without that breakdown every ARP frame counts as a request.
+        split = st.total(port, "arp_requests") + st.total(port, "arp_replies") > 0
+        figures[port] = (max(st.peak(port, "rx_broadcast"), st.peak(port, "rx_multicast")),
+                         st.peak(port, "arp_requests" if split else "rx_arp"),
+                         st.peak(port, "arp_replies"), split)
+    storming = [p for p, (bcast, requests, _r, _s) in figures.items()
+                if bcast >= STORM_BROADCAST_PPS or requests >= STORM_ARP_PPS]
+    for port, (bcast, requests, replies, split) in figures.items():
+        if port not in storming and replies < STORM_ARP_PPS:
+            continue
         arp = st.peak(port, "rx_arp")
-        if bcast < STORM_BROADCAST_PPS and arp < STORM_ARP_PPS:
+        replies_now = st.rate(port, "arp_replies")
+        replies_evidence = {"peak_arp_replies_per_second": round(replies, 1),
+                            "arp_replies_per_second": round(replies_now, 1)}
+        if port not in storming:
+            out.append(_answering_storm(inp, port, replies, replies_now, storming, replies_evidence))
             continue
         now = st.rate(port, "rx_broadcast") + st.rate(port, "rx_multicast")
         arps = st.total(port, "rx_arp")
@@ -157,15 +268,40 @@ def storm(inp: Inputs) -> list:
         out.append(Finding(
             "storm", inp.bridge.name, [port], "critical" if bcast >= 4 * STORM_BROADCAST_PPS else "warning",
             f"broadcast storm on {port}: up to {bcast:.0f} broadcast/multicast frames/s "
-            f"(now {now:.0f}/s), up to {arp:.0f} ARP/s"
+            f"(now {now:.0f}/s), up to {requests:.0f} ARP {'requests' if split else 'frames'}/s"
             + (f"; {dup_ratio:.0%} of ARP frames are copies coming back" if dups else ""),
             "copies coming back point at a loop or a reflecting port (see l2_loop); without copies, "
             f"look at who sends: `{inp.ns_prefix}tcpdump -eni {port} broadcast`",
-            {"peak_broadcast_per_second": round(bcast, 1), "broadcast_per_second": round(now, 1),
-             "peak_arp_per_second": round(arp, 1), "arp_duplicate_ratio": dup_ratio,
+            {"kind": "broadcast_storm", "peak_broadcast_per_second": round(bcast, 1),
+             "broadcast_per_second": round(now, 1), "peak_arp_per_second": round(arp, 1),
+             "peak_arp_requests_per_second": round(requests, 1) if split else None,
+             **replies_evidence, "arp_duplicate_ratio": dup_ratio,
              "top_arp_targets": dict(targets.most_common(5))},
-            active=now >= STORM_BROADCAST_PPS or st.rate(port, "rx_arp") >= STORM_ARP_PPS))
+            active=now >= STORM_BROADCAST_PPS
+            or st.rate(port, "arp_requests" if split else "rx_arp") >= STORM_ARP_PPS))
     return out
+
+
+def _answering_storm(inp: Inputs, port: str, replies: float, now: float, storming: list,
+                     evidence: dict) -> Finding:
+    """A port whose only high figure is ARP replies: what is behind it answers
+    requests that flood in from elsewhere (e.g. a gateway answering a storm)."""
+    if storming:
+        where = ", ".join(storming)
+        why = f"it answers an ARP storm that enters elsewhere (see the storm on {where})"
+        hint = (f"{port} is not the cause: stop the broadcast storm on {where} "
+                f"(see that storm finding; `{inp.ns_prefix}tcpdump -eni {storming[0]} broadcast`) "
+                f"and {port}'s replies stop with it")
+    else:
+        why = (f"it answers ARP requests at a storm's rate, though no port of {inp.bridge.name} "
+               f"shows a broadcast storm (the requests may come from this host or be unicast)")
+        hint = (f"{port} is not the cause: see whom it answers, `{inp.ns_prefix}tcpdump -eni {port} arp`, "
+                f"and why they ask so often")
+    return Finding(
+        "storm", inp.bridge.name, [port], "warning",
+        f"{port} sends up to {replies:.0f} ARP replies/s (now {now:.0f}/s): {why}",
+        hint, {"kind": "answering_arp_storm", **evidence, "storm_ports": list(storming)},
+        active=now >= STORM_ARP_PPS)
 
 
 def not_forwarded(inp: Inputs) -> list:
@@ -203,19 +339,44 @@ ARP_UNANSWERED_MIN = 3
 NEIGH_CHURN_MIN = 20
 
 
-def arp_unanswered(inp: Inputs) -> list:
+# Findings under which ARP requests may never reach their target: the bridge
+# suppresses them (not_forwarded) or a loop, storm or echo loses them on the way.
+SUPPRESSING = ("not_forwarded", "l2_loop", "storm", "own_address_echo")
+
+
+def arp_unanswered(inp: Inputs, earlier=()) -> list:
+    """`earlier`: the findings diagnose() made before this detector. When one
+    of them may have kept the requests from their target, no reply does not
+    mean that nothing answers."""
     out = []
+    causes = [f for f in earlier if f.type in SUPPRESSING]
     for t in sorted(inp.state.arp, key=lambda t: -t["requests"]):
         if t["requests"] < ARP_UNANSWERED_MIN or t["replies"]:
             continue
         asker = t.get("asker") or "?"
+        asked = (f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on "
+                 f"{inp.bridge.name}")
+        evidence = {"ip": t["ip"], "requests": t["requests"], "replies": 0}
+        if not causes:
+            out.append(Finding(
+                "arp_unanswered", inp.bridge.name, [asker], "warning",
+                f"{asked}: nothing behind the bridge answers for {t['ip']}",
+                f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
+                f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
+                evidence))
+            continue
+        # The not_forwarded finding for the target's own MAC first, then by SUPPRESSING order.
+        ranked = sorted(causes, key=lambda f: (not (t.get("mac") and f.evidence.get("mac") == t.get("mac")),
+                                               SUPPRESSING.index(f.type)))
+        seen = "; ".join(f"{f.type} on {', '.join(f.ports)}" for f in ranked[:3])
+        first = ranked[0]
         out.append(Finding(
             "arp_unanswered", inp.bridge.name, [asker], "warning",
-            f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on "
-            f"{inp.bridge.name}: nothing behind the bridge answers for {t['ip']}",
-            f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
-            f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
-            {"ip": t["ip"], "requests": t["requests"], "replies": 0}))
+            f"{asked}, but the requests may have been suppressed or lost on the way ({seen}): "
+            f"that is not proof that nothing answers for {t['ip']}",
+            f"deal with the {first.type} finding on {', '.join(first.ports)} first; if requests for "
+            f"{t['ip']} still go unanswered then, check that the host with {t['ip']} is up and on this bridge",
+            {**evidence, "maybe_suppressed_by": [{"type": f.type, "ports": list(f.ports)} for f in ranked]}))
     return out
 
 
@@ -281,8 +442,12 @@ DETECTORS = (own_address_echo, mac_flap, l2_loop, storm, not_forwarded,
              arp_unanswered, ip_conflict, neigh_failed, arp_churn)
 
 
+# Detectors that also read the findings made before them (second argument).
+SEES_EARLIER = (arp_unanswered,)
+
+
 def diagnose(inp: Inputs) -> list:
     out = []
     for detector in DETECTORS:
-        out.extend(detector(inp))
+        out.extend(detector(inp, tuple(out)) if detector in SEES_EARLIER else detector(inp))
     return out

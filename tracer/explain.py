@@ -9,7 +9,7 @@ returns a sentence, or "" when it does not apply; the first that speaks wins.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.aggregate import DropGroup
 from tracer.decode import is_multicast
@@ -56,6 +56,12 @@ class DropContext:
     function: str      # freeing function, e.g. br_handle_frame_finish
     bridge: Bridge
     fdb: list          # FdbEntry list (may be empty)
+    # MACs that moved between ports during the run: mac -> {"ports": [names],
+    # "moved_at": seconds into the run it was last seen moving (or None)}.
+    # An FDB read after such a move may no longer say where a frame's
+    # destination was when the frame was freed.
+    moved: dict = field(default_factory=dict)
+    fdb_at: float | None = None   # seconds into the run the FDB was read
 
     @property
     def port_name(self) -> str:
@@ -67,6 +73,13 @@ class DropContext:
 
     def sample_values(self, field: str) -> Counter:
         return Counter(s[field] for s in self.group.samples if field in s)
+
+
+def link_up(port) -> bool:
+    """What the kernel's netif_oper_up() calls up: operstate UP, or UNKNOWN
+    (devices that do not report one; a tap is UNKNOWN while a reader has it
+    open and goes DOWN when the reader closes it)."""
+    return port.operstate.lower() in ("up", "unknown")
 
 
 def _learned_elsewhere(ctx: DropContext) -> tuple:
@@ -86,7 +99,7 @@ def _learned_elsewhere(ctx: DropContext) -> tuple:
             same[dst] += 1
         else:
             port = ctx.bridge.ports.get(entry.ifindex)
-            if port and (port.stp_state != "forwarding" or port.operstate.lower() != "up"):
+            if port and (port.stp_state != "forwarding" or not link_up(port)):
                 stuck[(dst, port.name, port.stp_state, port.operstate)] += 1
     return same, stuck
 
@@ -100,24 +113,68 @@ def same_port_mac(ctx: DropContext) -> str:
     return ""
 
 
+def _stale(ctx: DropContext, mac: str) -> str:
+    """A note when the FDB explaining a drop was read while `mac` moves."""
+    moved = ctx.moved.get(mac)
+    if not moved:
+        return ""
+    at = f" at +{ctx.fdb_at:.1f} s" if ctx.fdb_at is not None else ""
+    ports = ", ".join(moved["ports"])
+    last = moved.get("moved_at")
+    if last is not None and ctx.fdb_at is not None and last > ctx.fdb_at:
+        return (f" (the FDB was read{at}, while {mac} moves between {ports}, seen moving "
+                f"until +{last:.1f} s; it may be stale)")
+    return f" (the FDB was read{at}, after {mac} moved between {ports}; it may be stale)"
+
+
+def _moved_through_ingress(ctx: DropContext) -> Counter:
+    """Sampled unicast destinations that the FDB now places on a port that
+    forwards (or nowhere), but that moved during the run and were learned on
+    the ingress port at some point: frames that arrived then were suppressed."""
+    out = Counter()
+    if not ctx.moved or not ctx.function.startswith(("br_handle_frame_finish", "br_forward")):
+        return out
+    learned = {e.mac: e for e in ctx.fdb if isinstance(e, FdbEntry) and not e.local}
+    for s in ctx.group.samples:
+        dst = s.get("dst_mac")
+        moved = ctx.moved.get(dst) if dst and not is_multicast(dst) else None
+        if not moved or ctx.port_name not in moved["ports"]:
+            continue
+        entry = learned.get(dst)
+        if entry is not None and entry.ifindex == ctx.group.ifindex:
+            continue        # the same-port rule names it already
+        out[dst] += 1
+    return out
+
+
 def _undeliverable_unicast(ctx: DropContext) -> str:
     """br_forward() sends a known unicast frame only to the FDB's port, and only
     if should_deliver() agrees: not back out of the ingress port, and not to a
-    port that is not forwarding (STP state, or a tap with no reader: NO-CARRIER).
+    port that is not forwarding (STP state, or a tap with no reader: DOWN,
+    NO-CARRIER; a tap whose reader has it open is UNKNOWN, which is up).
     Otherwise the frame is freed; the free shows as br_handle_frame_finish()
     because br_forward() is a tail call there."""
     mac = same_port_mac(ctx)
     if mac:
         return (f"the bridge will not send a frame back out of the port it came in on: "
                 f"{mac} is learned on {ctx.port_name}, the ingress port (look for a "
-                f"looped or reflecting device behind {ctx.port_name})")
+                f"looped or reflecting device behind {ctx.port_name}){_stale(ctx, mac)}")
     _same, stuck = _learned_elsewhere(ctx)
     if stuck:
         mac, name, stp, oper = stuck.most_common(1)[0][0]
         why = f"STP state {stp}" if stp != "forwarding" else f"link {oper.lower()}"
-        tap = " (a tap with no reader: its VM or VPN process is gone)" if oper.lower() != "up" else ""
+        port = next((p for p in ctx.bridge.ports.values() if p.name == name), None)
+        tap = (" (a tap with no reader: its VM or VPN process is gone)"
+               if port is not None and port.kind == "tun" and not link_up(port) else "")
         return (f"destination {mac} is learned on {name}, which is not forwarding "
-                f"({why}){tap}: the bridge cannot deliver to it")
+                f"({why}){tap}: the bridge cannot deliver to it{_stale(ctx, mac)}")
+    moved = _moved_through_ingress(ctx)
+    if moved:
+        mac = moved.most_common(1)[0][0]
+        return (f"destination {mac} moves between {', '.join(ctx.moved[mac]['ports'])}, "
+                f"{ctx.port_name} among them: while it is learned on {ctx.port_name}, the ingress "
+                f"port, the bridge will not send a frame back out of the port it came in on "
+                f"(look for a looped or reflecting device){_stale(ctx, mac)}")
     return ""
 
 

@@ -17,6 +17,7 @@ from tracer.aggregate import MAX_MACS, BridgeState, DropState
 from tracer.decode import parse_event
 from tracer.diagnose import Inputs, diagnose
 from tracer.errors import BridgeGone
+from tracer.kernel.features import jiffy_ns
 from tracer.report import drop_rows, sample_record
 from tracer.session import BridgeRun, Stopped
 from tracer.topology import NETNS_DIR
@@ -26,8 +27,9 @@ class Monitor:
     def __init__(self, run: BridgeRun):
         self.run = run
         self.drops = DropState()
-        self.bridge_state = BridgeState()
+        self.bridge_state = BridgeState(interval=run.cfg.interval)
         self.bad_records = 0
+        self.jiffy_ms = jiffy_ns() / 1e6   # loop records' round trips are in ticks
         self.port_events: deque = deque(maxlen=1024)
         self._pending: list = []
         run.session.on_events(self._pending.append)
@@ -119,13 +121,31 @@ class Monitor:
     def rows(self) -> list:
         run = self.run
         return drop_rows(self.drops.groups(), run.bridge, run.fdb(), run.kernel.reasons,
-                         run.kernel.kallsyms, run.names)
+                         run.kernel.kallsyms, run.names, moved=self.moved_macs(),
+                         fdb_at=run.fdb_read_at())
+
+    def moved_macs(self) -> dict:
+        """MACs that moved between ports during the run, for explanations
+        (tracer.explain.DropContext.moved): mac -> ports and when it was last
+        seen moving, in seconds into the run."""
+        out: dict = {}
+        for m in self.bridge_state.macs.values():
+            if m.count < 2 or len(m.ports) < 2:
+                continue
+            seen = out.setdefault(m.mac, {"ports": [], "moved_at": None})
+            seen["ports"] += [p for p in m.ports if p not in seen["ports"]]
+            if m.history:
+                at = max(0.0, m.history[-1][0] - self.run.started)
+                seen["moved_at"] = max(at, seen["moved_at"] or 0.0)
+        return out
 
     def findings(self, rows=None) -> list:
         run = self.run
         ns = f"ip netns exec {run.netns.name} " if run.netns.name else ""
         found = diagnose(Inputs(bridge=run.bridge, state=self.bridge_state, seconds=run.elapsed(),
-                                drop_rows=self.rows() if rows is None else rows, ns_prefix=ns))
+                                drop_rows=self.rows() if rows is None else rows, ns_prefix=ns,
+                                labels=run.labels, jiffy_ms=self.jiffy_ms,
+                                started_ns=int(run.started * 1e9)))
         for f in found:
             f.identities = {p: run.labels[p] for p in f.ports if run.labels.get(p)}
         return found

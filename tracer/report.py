@@ -44,15 +44,19 @@ def base_function(symbol: str) -> str:
     return symbol.split(".", 1)[0]
 
 
-def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict) -> list:
+def drop_rows(groups: list, bridge, fdb, reasons, kallsyms, names: dict, moved=None,
+              fdb_at=None) -> list:
     """Rows for `groups`. `names` maps ifindexes of ports that have since left
-    the bridge to their last known name."""
+    the bridge to their last known name. `moved` (MACs that moved during the
+    run, see DropContext) and `fdb_at` (when `fdb` was read) let explanations
+    say when the FDB they rest on may be stale."""
     rows = []
     for g in groups:
         sym = kallsyms.symbolize(g.location)
         function = base_function(sym.name)
         reason = reasons.name(g.reason)
-        ctx = DropContext(group=g, reason=reason, function=function, bridge=bridge, fdb=fdb)
+        ctx = DropContext(group=g, reason=reason, function=function, bridge=bridge, fdb=fdb,
+                          moved=moved or {}, fdb_at=fdb_at)
         port = names.get(g.ifindex) or bridge.port_name(g.ifindex)
         protos = {}
         for ethertype, n in g.by_ethertype.most_common():

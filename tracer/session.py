@@ -247,6 +247,10 @@ class BridgeRun:
         """The FDB as of the last dump (see _maybe_dump_fdb)."""
         return self.fdb_now
 
+    def fdb_read_at(self) -> float | None:
+        """Seconds into the run when fdb() was dumped (None: never)."""
+        return None if self._fdb_at is None else max(0.0, self._fdb_at - self.started)
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 

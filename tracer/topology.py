@@ -250,6 +250,12 @@ def _kind(link) -> str:
     return (info.get("IFLA_INFO_KIND") or "") if info is not None else ""
 
 
+def oper_up(operstate: str) -> bool:
+    """A link the kernel counts as up (netif_oper_up()): UP, or UNKNOWN, which
+    is what a tap reports while its reader (VM, VPN daemon) has it open."""
+    return operstate.lower() in ("up", "unknown")
+
+
 def port_changes(before: Bridge, after: Bridge, fdb_before: list, fdb_after: list) -> list[dict]:
     """What happened to the ports between two looks at the bridge: ports that
     joined or left, went down or up, changed STP state; and how many learned
@@ -272,8 +278,9 @@ def port_changes(before: Bridge, after: Bridge, fdb_before: list, fdb_after: lis
         if prev is None:
             event("added", port, kind_of_port=port.kind)
             continue
-        if prev.operstate != port.operstate:
-            event("down" if port.operstate.lower() != "up" else "up", port,
+        # UNKNOWN is up: a tap's state while its reader has it open.
+        if oper_up(prev.operstate) != oper_up(port.operstate):
+            event("up" if oper_up(port.operstate) else "down", port,
                   operstate=port.operstate,
                   note="a tap goes down when its reader (VM, VPN) closes it" if port.kind == "tun" else "")
         if prev.stp_state != port.stp_state:

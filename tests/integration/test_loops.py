@@ -47,12 +47,17 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=10000, comm="tincd")
     env, probe = PORT_HOOKS[hooks]
     t = tracer_factory(*loops_cmd(lab), env=env)
-    E, K, U = 12, 15, 9
+    E, K, G, U = 12, 15, 5, 9
     # The bridge itself broadcasts (as br-int's own ARP would): each comes back on t3o.
     send_frames(lab.bridge_ns, lab.bridge, ether(BROADCAST, lab.bridge_mac, ETH_P_LAB, b"own"), E,
                 interval=0.02)
-    # The VM broadcasts: each is reflected, so its MAC jumps vnet0 -> t3o -> vnet0 ...
-    send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"vm"), K, interval=0.05)
+    # The gateway repeats one broadcast G times (a gratuitous-ARP burst): each is
+    # reflected, and the repeats entering gw0 are the host repeating itself.
+    send_frames(gw.netns, gw.ifname, ether(BROADCAST, gw.mac, ETH_P_LAB, b"garp"), G, interval=0.02)
+    # The VM broadcasts (distinct frames, as a VM's are): each is reflected, so
+    # its MAC jumps vnet0 -> t3o -> vnet0 ...
+    send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"\0" * 4 + b"vm"), K,
+                interval=0.05, seq_offset=14)
     time.sleep(0.2)
     # Now the FDB has the VM behind t3o: the gateway's frames for it never reach vnet0.
     send_frames(gw.netns, gw.ifname, ether(vm.mac, gw.mac, ETH_P_LAB, b"to-vm"), U, interval=0.02)
@@ -64,7 +69,9 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
 
     (loop,) = t.findings("l2_loop")
     assert loop["ports"] == [tap.name] and loop["evidence"]["kind"] == "reflecting_port"
-    assert loop["evidence"]["per_port"][tap.name]["returned"] == E + K
+    assert loop["culprit_ports"] == [tap.name]
+    assert loop["evidence"]["per_port"][tap.name]["returned"] == E + G + K
+    assert "ip link set " + tap.name + " nomaster" in loop["hint"] and "vpn tincd" in loop["hint"]
 
     flaps = t.findings("mac_flap")
     vm_flap = [f for f in flaps if f["evidence"]["mac"] == vm.mac]
@@ -87,6 +94,8 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     assert echo[0]["identities"] == {tap.name: "vpn tincd"}
     assert {p["port"]: p["identity"] for p in t.kind("port")}[tap.name] == "vpn tincd"
     assert t.ports()[gw.port]["echoes"] == 0 and t.ports()[vm.port]["returns"] == 0
+    assert t.ports()[gw.port]["host_repeats"] == G - 1
+    assert t.ports()[gw.port]["returns"] + t.ports()[gw.port]["reentries"] == 0
 
 
 FLOOD_KEYS_MAX, FINGERPRINT_BYTES = abi.CONST["FLOOD_KEYS_MAX"], abi.CONST["FINGERPRINT_BYTES"]

@@ -96,7 +96,7 @@ def test_full_speed_storm_with_top_and_export(lab, tmp_path):
                 p.wait()
         top_out.close()
     assert export.returncode == 0 and top.returncode == 0, (export.stderr.read(), top.stderr.read())
-    assert "layer-2 loop through" in (tmp_path / "top.txt").read_text()   # the finding, live
+    assert "layer-2 loop between" in (tmp_path / "top.txt").read_text()   # the finding, live
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.15, 0.3, 0.6])

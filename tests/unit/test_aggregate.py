@@ -1,6 +1,6 @@
 """Folding monotonic kernel counters into groups and rates."""
 
-from tracer.aggregate import SAMPLES_PER_GROUP, DropState
+from tracer.aggregate import HISTORY_MAX, SAMPLES_PER_GROUP, BridgeState, DropState
 
 
 def test_groups_sum_ethertypes_and_sort_by_count():
@@ -31,3 +31,64 @@ def test_samples_are_bounded_per_group():
     assert len(samples) == SAMPLES_PER_GROUP
     assert samples[-1]["n"] == SAMPLES_PER_GROUP * 3 - 1
     assert s.sample_count == SAMPLES_PER_GROUP * 3
+
+
+def _fold_steady(st, times, per_second, mac_per_second=0, start=0.0):
+    """Fold counters growing `per_second` (and a MAC moving `mac_per_second`)
+    at each of `times`."""
+    for t in times:
+        n = int(round((t - start) * per_second))
+        moves = [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 1 + int(round((t - start) * mac_per_second)),
+                  "port": "t3o", "prev_port": "vnet0"}] if mac_per_second else []
+        st.fold({"vnet0": {"rx_packets": n, "rx_broadcast": n}}, moves, t)
+
+
+def test_a_short_last_interval_does_not_decide_rates_or_peaks():
+    """The tail folded at exit is often ~0.1 s: the "now" rates span at least
+    max(interval, 1 s), and peaks ignore intervals under half the interval."""
+    st = BridgeState(interval=1.0)
+    _fold_steady(st, [0.0, 1.0, 2.0, 3.0], 100, mac_per_second=12)
+    assert st.rate("vnet0", "rx_packets") == 100.0 and st.peak("vnet0", "rx_packets") == 100.0
+    m = st.macs[("02:aa:00:00:00:01", 0)]
+    assert m.moves_per_second == 12.0 and m.peak_rate == 12.0
+    # 0.1 s later, nothing new counted yet (the kernel's counters lag a little)
+    st.fold({"vnet0": {"rx_packets": 300, "rx_broadcast": 300}},
+            [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 37, "port": "t3o", "prev_port": "vnet0"}], 3.1)
+    assert round(st.interval, 3) == 0.1 and round(st.window, 3) == 1.1   # from the fold at 2.0
+    assert round(st.rate("vnet0", "rx_packets"), 1) == 90.9       # 100 frames over 1.1 s, not 0
+    assert round(m.moves_per_second, 1) == 10.9 and m.interval_moves == 0
+    # a tail with a burst cannot make a peak either
+    st.fold({"vnet0": {"rx_packets": 400, "rx_broadcast": 400}},
+            [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 45, "port": "t3o", "prev_port": "vnet0"}], 3.2)
+    assert st.peak("vnet0", "rx_packets") == 100.0 and m.peak_rate == 12.0
+    assert round(st.rate("vnet0", "rx_packets"), 1) == 166.7       # 200 frames over 1.2 s
+
+
+def test_rate_window_is_at_least_one_second_and_falls_back_early():
+    st = BridgeState(interval=0.25)
+    _fold_steady(st, [0.0, 0.25], 40)
+    assert st.window == 0.25 and st.rate("vnet0", "rx_packets") == 40.0  # early: what exists
+    _fold_steady(st, [0.5, 0.75, 1.0, 1.25, 1.5], 40)
+    assert st.window == 1.0 and st.rate("vnet0", "rx_packets") == 40.0
+    assert st.peak("vnet0", "rx_packets") == 40.0
+    # a long interval widens the window to one interval
+    slow = BridgeState(interval=3.0)
+    _fold_steady(slow, [0.0, 3.0, 6.0], 10)
+    assert slow.rate_window() == 3.0 and slow.window == 3.0
+
+
+def test_nominal_interval_without_a_configured_one_is_the_median():
+    st = BridgeState()
+    _fold_steady(st, [0.0, 2.0, 4.0, 6.0], 50)
+    assert st.nominal_interval() == 2.0 and st.rate_window() == 2.0
+    st.fold({"vnet0": {"rx_packets": 305, "rx_broadcast": 305}}, [], 6.1)   # +5 in 0.1 s: 50/s
+    assert st.peak("vnet0", "rx_packets") == 50.0
+    assert round(st.rate("vnet0", "rx_packets"), 1) == 50.0              # 105 frames over 2.1 s
+
+
+def test_rate_history_stays_bounded():
+    st = BridgeState(interval=0.01)      # a 1 s window would need 100 snapshots
+    _fold_steady(st, [i * 0.01 for i in range(500)], 100, mac_per_second=50)
+    m = st.macs[("02:aa:00:00:00:01", 0)]
+    assert len(st._history) <= HISTORY_MAX and len(m.history) <= HISTORY_MAX + 1
+    assert round(st.rate("vnet0", "rx_packets")) == 100 and round(m.moves_per_second) == 50

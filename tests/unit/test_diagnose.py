@@ -70,6 +70,79 @@ def test_reflecting_port_versus_loop_between_ports():
     assert g.evidence["frames_back"] == 55
 
 
+def loop_verdict(st):
+    (f,) = [f for f in run(st) if f.type == "l2_loop"]
+    return f.evidence["kind"], f.ports, f.culprit_ports
+
+
+def test_ports_that_only_carry_the_storm_are_not_on_the_loop():
+    """The VM's and the gateway's ports see a copy come in when their host
+    resends a frame that is going round; against what the storm floods out
+    to them that is a fraction of a percent, where the loop's ports get
+    back about what they send."""
+    storm = {"t3o": {"returns": 885, "tx_flooded": 900},
+             "vnet0": {"returns": 10, "tx_flooded": 9000},
+             "vnet1": {"returns": 5, "tx_flooded": 9000}}
+    assert loop_verdict(state([{}, storm])) == ("reflecting_port", ["t3o"], ["t3o"])
+    # Lower the share a port gets back and it drops off the loop.
+    both = {"l1": {"returns": 800, "tx_flooded": 1000}, "l2": {"returns": 240, "tx_flooded": 1000}}
+    assert loop_verdict(state([{}, both]))[1] == ["l1"]
+    both["l2"]["returns"] = 260
+    assert loop_verdict(state([{}, both])) == ("loop_between_ports", ["l1", "l2"], ["l1", "l2"])
+
+
+def test_loop_beyond_a_port_when_copies_come_back_without_being_sent_there():
+    """A loop between two other hosts of a VPN: this bridge's frames come back
+    in through t3o again and again though the bridge never floods them back
+    out of t3o (hairpin off): the loop is beyond t3o, nothing here ends it."""
+    st = state([{}, {"t3o": {"returns": 40, "reentries": 4000, "tx_flooded": 60},
+                     "vnet0": {"returns": 3, "tx_flooded": 30000}}])
+    kind, ports, culprits = loop_verdict(st)
+    assert (kind, ports, culprits) == ("loop_beyond_port", ["t3o"], [])
+    (f,) = [f for f in run(st) if f.type == "l2_loop"]
+    assert "loop beyond t3o" in f.message and "not on this bridge" in f.hint
+    assert f.record()["culprit_ports"] == []
+    # A reflector with hairpin on returns what it was sent: returns dominate.
+    st = state([{}, {"t3o": {"returns": 4000, "reentries": 40, "tx_flooded": 4100}}])
+    assert loop_verdict(st) == ("reflecting_port", ["t3o"], ["t3o"])
+
+
+def test_verdict_is_the_same_from_a_late_start_and_holds_between_intervals():
+    """A steady storm: brtrace started early sees the same ratios as one
+    started minutes later, and the verdict does not change from one interval
+    to the next."""
+    def steady(start, n):
+        return [{"l1": {"returns": 1000 * (start + i), "tx_flooded": 1010 * (start + i)},
+                 "l2": {"returns": 990 * (start + i), "tx_flooded": 1000 * (start + i)},
+                 "vnet0": {"returns": start + i, "tx_flooded": 2000 * (start + i)}}
+                for i in range(n)]
+    early = state(steady(1, 3))
+    # Started late: the kernel counters start at zero then too.
+    late = state([{p: {k: v - first for k, v in c.items()} for p, c in snap.items()}
+                  for first, snap in [(0, s) for s in steady(300, 3)]])
+    want = ("loop_between_ports", ["l1", "l2"], ["l1", "l2"])
+    assert loop_verdict(early) == want and loop_verdict(late) == want
+    st = BridgeState()
+    for i, snap in enumerate(steady(1, 8)):
+        st.fold({p: {**zero(), **v} for p, v in snap.items()}, [], float(i))
+        if i:
+            assert loop_verdict(st) == want
+
+
+def test_loop_evidence_round_trip_and_amplification():
+    st = state([{}, {"l1": {"returns": 600, "tx_flooded": 600, "rx_broadcast": 602},
+                     "l2": {"returns": 600, "tx_flooded": 600, "rx_broadcast": 600}}])
+    st.round_trips = {"l1": [75] * 90 + [100] * 10, "l2": [75] * 100}
+    st.first_loop_ns = 12_500_000_000
+    (f,) = [f for f in diagnose(Inputs(bridge=bridge(), state=st, seconds=10.0, jiffy_ms=4.0,
+                                       started_ns=10_000_000_000)) if f.type == "l2_loop"]
+    ev = f.evidence
+    assert ev["round_trip_ms"]["median"] == 300.0 and ev["round_trip_ms"]["p95"] == 400.0
+    assert ev["copies_per_frame"] == 600.0        # 1200 copies of 2 frames seen new
+    assert ev["first_seen_s"] == 2.5
+    assert "round trip ~300 ms" in f.message
+
+
 def test_stp_blocked_port_receiving_copies_is_not_a_loop():
     st = state([{}, {"l2": {"reentries": 500}}])
     assert run(st, states={"l2": "blocking"}) == []
@@ -122,3 +195,88 @@ def test_arp_on_the_wire_findings():
                "asker": "vnet0", "claimer": None, "other": None}]
     (f,) = run(st)
     assert (f.type, f.ports, f.evidence["requests"]) == ("arp_unanswered", ["vnet0"], 5)
+
+
+def test_mac_flap_stays_active_through_a_short_last_interval():
+    """Seen: `active: false, 0/s` while the MAC moved 12 times a second to the
+    end, because the 0.1 s tail folded at exit decided it."""
+    st = BridgeState(interval=1.0)
+    for i, t in enumerate((0.0, 1.0, 2.0, 3.0, 3.1)):
+        count = 1 + 12 * min(i, 3)           # no move counted in the 0.1 s tail
+        st.fold({"t3o": zero(), "vnet0": zero()},
+                [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": count, "port": "t3o", "prev_port": "vnet0"}], t)
+    (f,) = run(st)
+    assert f.type == "mac_flap" and f.active is True
+    assert f.evidence["moves_per_second"] == 10.9          # 12 moves over the last 1.1 s
+    assert f.evidence["peak_moves_per_second"] == 12.0
+
+
+def test_storm_of_arp_replies_points_at_the_broadcast_storm_elsewhere():
+    """Seen: "broadcast storm on gw0: up to 0 broadcast/multicast frames/s, up
+    to 55482 ARP/s": the gateway's unicast replies to a storm on another port."""
+    snaps = [{"gw0": {}, "vnet1": {}},
+             {"gw0": {"rx_arp": 55482, "arp_replies": 55482},
+              "vnet1": {"rx_broadcast": 60000, "rx_arp": 60000, "arp_requests": 60000}},
+             {"gw0": {"rx_arp": 110000, "arp_replies": 110000},
+              "vnet1": {"rx_broadcast": 120000, "rx_arp": 120000, "arp_requests": 120000}}]
+    found = {f.ports[0]: f for f in run(state(snaps))}
+    assert sorted(found) == ["gw0", "vnet1"] and {f.type for f in found.values()} == {"storm"}
+    gw, storm = found["gw0"], found["vnet1"]
+    assert gw.severity == "warning" and gw.active
+    assert "broadcast storm on gw0" not in gw.message and "0 broadcast" not in gw.message
+    assert gw.message == ("gw0 sends up to 55482 ARP replies/s (now 54518/s): it answers an ARP storm "
+                          "that enters elsewhere (see the storm on vnet1)")
+    assert "stop the broadcast storm on vnet1" in gw.hint and "tcpdump -eni vnet1" in gw.hint
+    assert gw.evidence["peak_arp_replies_per_second"] == 55482.0
+    assert gw.evidence["arp_replies_per_second"] == 54518.0
+    assert gw.evidence["storm_ports"] == ["vnet1"] and gw.evidence["kind"] == "answering_arp_storm"
+    assert storm.severity == "critical" and storm.message.startswith("broadcast storm on vnet1")
+    assert "up to 60000 ARP requests/s" in storm.message
+    # replies alone, and no storm on any port: no broadcast storm claimed anywhere
+    (alone,) = run(state([{"gw0": {}}, {"gw0": {"rx_arp": 500, "arp_replies": 500}}]))
+    assert alone.message.startswith("gw0 sends up to 500 ARP replies/s") and alone.evidence["storm_ports"] == []
+    assert "no port of br-int shows a broadcast storm" in alone.message
+
+
+def test_storm_judged_on_arp_requests_not_replies():
+    """ARP requests alone (under the broadcast threshold) make a storm; the
+    replies of that port are in its evidence."""
+    snaps = [{"vnet0": {}}, {"vnet0": {"rx_broadcast": 300, "rx_arp": 450, "arp_requests": 300,
+                                       "arp_replies": 150}}]
+    (f,) = run(state(snaps))
+    assert f.message.startswith("broadcast storm on vnet0: up to 300 broadcast/multicast frames/s")
+    assert "up to 300 ARP requests/s" in f.message
+    assert f.evidence["peak_arp_replies_per_second"] == 150.0 and f.severity == "warning"
+
+
+def _unanswered_target(ip="198.51.100.10"):
+    return {"ip": ip, "requests": 40, "replies": 0, "conflicts": 0, "mac": "", "other_mac": "",
+            "asker": "vnet0", "claimer": None, "other": None}
+
+
+def test_arp_unanswered_when_the_bridge_suppressed_the_requests():
+    """Seen: "nothing behind the bridge answers for 198.51.100.10" while the VM
+    was there: the requests were suppressed (not_forwarded) on the way."""
+    row = DropRow("br-int", "lab", "t3o", "NOT_SPECIFIED", "br_handle_frame_finish", "x+0x1",
+                  "bridge forwarding", "arp", {"arp": 12}, 12, 0.0, "...", same_port_mac="02:aa:00:00:00:01")
+    st = state([{}, {}])
+    st.arp = [_unanswered_target()]
+    found = {f.type: f for f in run(st, rows=[row])}
+    f = found["arp_unanswered"]
+    assert "nothing behind the bridge answers" not in f.message
+    assert f.message == ("40 ARP requests for 198.51.100.10 (latest from vnet0) got no reply on br-int, but the "
+                         "requests may have been suppressed or lost on the way (not_forwarded on t3o): "
+                         "that is not proof that nothing answers for 198.51.100.10")
+    assert f.hint.startswith("deal with the not_forwarded finding on t3o first")
+    assert f.evidence["maybe_suppressed_by"] == [{"type": "not_forwarded", "ports": ["t3o"]}]
+    # a storm during the run counts too
+    st2 = state([{"vnet1": {}}, {"vnet1": {"rx_broadcast": 3000}}])
+    st2.arp = [_unanswered_target()]
+    f2 = {f.type: f for f in run(st2)}["arp_unanswered"]
+    assert "(storm on vnet1)" in f2.message and "deal with the storm finding on vnet1" in f2.hint
+    # without such a finding the plain conclusion stands
+    st3 = state([{}, {}])
+    st3.arp = [_unanswered_target()]
+    (f3,) = run(st3)
+    assert "nothing behind the bridge answers for 198.51.100.10" in f3.message
+    assert "maybe_suppressed_by" not in f3.evidence

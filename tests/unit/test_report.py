@@ -149,3 +149,77 @@ def test_61_style_not_specified_drops_are_still_explained():
     rows = {r.port: r for r in drop_rows(s.groups(), bridge, [], REASONS, KALLSYMS, {})}
     assert "STP state learning" in rows["vnet8"].explanation
     assert "01:00:5e:00:00:01" in rows["vnet0"].explanation
+
+
+def _unicast_drop_rows(bridge, fdb, dst, moved=None, fdb_at=None):
+    nspec = REASONS.value("NOT_SPECIFIED")
+    s = DropState()
+    s.add_sample({"ifindex": 3, "reason": nspec, "location": FINISH, "dst_mac": dst})
+    s.fold_counts({(3, nspec, FINISH, 0x0800): 5}, 1.0)
+    (row,) = drop_rows(s.groups(), bridge, fdb, REASONS, KALLSYMS, {}, moved=moved, fdb_at=fdb_at)
+    return row
+
+
+def test_a_tap_in_operstate_unknown_has_a_reader():
+    """A tap is UNKNOWN while its reader (tincd, a VM) has it open: that is not
+    "no reader". Only DOWN (no carrier) means the reader is gone."""
+    tap = Port(5, "t3o", "tun", "02:00:00:00:00:05", 1500, "UNKNOWN", 500, "forwarding")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 5: tap})
+    fdb = [FdbEntry("02:dd:00:00:00:05", 5, 0, False)]
+    row = _unicast_drop_rows(bridge, fdb, "02:dd:00:00:00:05")
+    assert "no reader" not in row.explanation and "not forwarding" not in row.explanation
+    # the same tap without its reader: DOWN
+    gone = Port(5, "t3o", "tun", "02:00:00:00:00:05", 1500, "DOWN", 500, "forwarding")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 5: gone})
+    row = _unicast_drop_rows(bridge, fdb, "02:dd:00:00:00:05")
+    assert "learned on t3o, which is not forwarding (link down) (a tap with no reader" in row.explanation
+    # a veth whose link is down is not a tap
+    veth = Port(5, "l1", "veth", "02:00:00:00:00:05", 1500, "LOWERLAYERDOWN", 1000, "forwarding")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 5: veth})
+    row = _unicast_drop_rows(bridge, fdb, "02:dd:00:00:00:05")
+    assert "(link lowerlayerdown): the bridge cannot deliver" in row.explanation
+    assert "tap" not in row.explanation
+
+
+def test_an_fdb_read_after_the_mac_moved_may_be_stale():
+    """Seen: a same-port drop on a direct link explained from an FDB dumped
+    after the MAC had moved on (to t3o)."""
+    tap = Port(5, "t3o", "tun", "02:00:00:00:00:05", 1500, "UNKNOWN", 500, "forwarding")
+    bridge = Bridge(2, "br-int", "02:00:00:00:00:02", 1500, NETNS, {3: port(3, "vnet0"), 5: tap})
+    mac = "02:dd:00:00:00:05"
+    moved = {mac: {"ports": ["vnet0", "t3o"], "moved_at": 11.0}}
+    row = _unicast_drop_rows(bridge, [FdbEntry(mac, 5, 0, False)], mac, moved=moved, fdb_at=12.0)
+    assert row.explanation == (
+        "destination 02:dd:00:00:00:05 moves between vnet0, t3o, vnet0 among them: while it is learned "
+        "on vnet0, the ingress port, the bridge will not send a frame back out of the port it came in on "
+        "(look for a looped or reflecting device) (the FDB was read at +12.0 s, after 02:dd:00:00:00:05 "
+        "moved between vnet0, t3o; it may be stale)")
+    # the same-port explanation carries the note too
+    row = _unicast_drop_rows(bridge, [FdbEntry(mac, 3, 0, False)], mac, moved=moved, fdb_at=12.0)
+    assert "02:dd:00:00:00:05 is learned on vnet0, the ingress port" in row.explanation
+    assert row.explanation.endswith("(the FDB was read at +12.0 s, after 02:dd:00:00:00:05 moved between "
+                                    "vnet0, t3o; it may be stale)")
+    # moves seen after the dump
+    row = _unicast_drop_rows(bridge, [FdbEntry(mac, 3, 0, False)], mac,
+                             moved={mac: {"ports": ["vnet0", "t3o"], "moved_at": 14.0}}, fdb_at=12.0)
+    assert row.explanation.endswith("(the FDB was read at +12.0 s, while 02:dd:00:00:00:05 moves between "
+                                    "vnet0, t3o, seen moving until +14.0 s; it may be stale)")
+    # a MAC that never moved: no note
+    row = _unicast_drop_rows(bridge, [FdbEntry(mac, 3, 0, False)], mac, fdb_at=12.0)
+    assert "stale" not in row.explanation
+
+
+def test_monitor_hands_moved_macs_to_the_explanations():
+    from types import SimpleNamespace
+
+    from tracer.monitor import Monitor
+    run = SimpleNamespace(cfg=SimpleNamespace(interval=1.0), started=100.0,
+                          session=SimpleNamespace(on_events=lambda callback: None))
+    m = Monitor(run)
+    assert m.bridge_state.configured_interval == 1.0
+    for t, count, where in ((101.0, 1, "vnet0"), (102.0, 4, "t3o"), (103.0, 4, "t3o")):
+        m.bridge_state.fold({}, [{"mac": "02:dd:00:00:00:05", "vlan": 0, "count": count, "port": where,
+                                  "prev_port": "vnet0" if count > 1 else None},
+                                 {"mac": "02:ee:00:00:00:01", "vlan": 0, "count": 1, "port": "vnet0",
+                                  "prev_port": None}], t)
+    assert m.moved_macs() == {"02:dd:00:00:00:05": {"ports": ["vnet0", "t3o"], "moved_at": 2.0}}

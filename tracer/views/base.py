@@ -21,6 +21,8 @@ class View:
     sources: tuple
     # Called every interval in table mode (live output).
     on_interval: Optional[Callable] = None          # (cfg, run, monitor, out)
+    # Called every interval in JSON mode (records while running).
+    on_interval_json: Optional[Callable] = None     # (cfg, run, monitor, out)
     # Records a JSON run ends with, before findings and the summary.
     final_records: Callable = lambda run, monitor, rows: []
     # The table-mode summary.
@@ -86,9 +88,8 @@ def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
                 emit = (lambda rec: jsonl.emit(rec, out)) if cfg.json and view.stream_samples else None
                 on_event = ((lambda rec: jsonl.emit(rec, out)) if cfg.json
                             else (lambda rec: print(port_event_line(rec), file=out, flush=True)))
-                tick = None
-                if not cfg.json and view.on_interval:
-                    tick = lambda: view.on_interval(cfg, run, monitor, out)  # noqa: E731
+                each = view.on_interval_json if cfg.json else view.on_interval
+                tick = (lambda: each(cfg, run, monitor, out)) if each else None  # noqa: E731
                 gone = drive(cfg, run, monitor, tick, emit, on_event)
                 _conclude(view, cfg, run, monitor, out, emit)
         except Stopped:

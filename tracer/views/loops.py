@@ -13,6 +13,7 @@ import time
 from tabulate import tabulate
 
 from tracer.config import Config
+from tracer.output import jsonl
 from tracer.output.table import findings_lines
 from tracer.views.base import View, run_view
 
@@ -52,6 +53,15 @@ class _NewFindings:
             print("\n".join(findings_lines(new, cfg.width)[2:]), file=out, flush=True)
 
 
+def findings_now(cfg, run, monitor, out):
+    """JSON mode, every interval: the verdicts as they stand, so a consumer
+    (or a test) sees when a finding first appears and that it holds."""
+    jsonl.emit({"kind": "findings_now", "at_s": round(run.elapsed(), 3),
+                "findings": [{"type": f.type, "ports": f.ports, "verdict": f.evidence.get("kind"),
+                              "culprit_ports": f.culprit_ports, "active": f.active}
+                             for f in monitor.findings()]}, out)
+
+
 def _table(cfg, run, monitor, rows, findings, out):
     print(f"\nsummary: {run.elapsed():.1f} s on {run.bridge.name}", file=out)
     print("\n".join(ports_table(run, monitor)), file=out)
@@ -63,5 +73,6 @@ def _table(cfg, run, monitor, rows, findings, out):
 
 def run_loops(cfg: Config, out=None) -> int:
     view = View(name="loops", sources=("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c"),
-                on_interval=_NewFindings(), final_records=port_records, final_table=_table)
+                on_interval=_NewFindings(), on_interval_json=findings_now,
+                final_records=port_records, final_table=_table)
     return run_view(view, cfg, out)
