@@ -101,6 +101,7 @@ def own_address_echo(inp: Inputs) -> list:
 
 def mac_flap(inp: Inputs) -> list:
     out = []
+    looping = loop_ports(inp)
     for m in sorted(inp.state.macs.values(), key=lambda m: -m.count):
         moves = m.count - 1
         if moves < FLAP_MIN_MOVES or len(m.ports) < 2:
@@ -110,14 +111,22 @@ def mac_flap(inp: Inputs) -> list:
         rate = m.moves_per_second
         vlan = f" (VLAN {m.vlan})" if m.vlan else ""
         ports = " and ".join(m.ports[:4])
+        # Where it lives: the one port it was learned on that is not on a
+        # loop's path; the loop's ports learn it from copies coming back.
+        home = [p for p in m.ports if p not in looping]
+        wrong = [p for p in m.ports if p in looping]
+        where = (f"; it lives behind {home[0]} and is wrongly learned on {', '.join(wrong)} from "
+                 f"copies of its frames coming back" if len(home) == 1 and wrong else "")
         out.append(Finding(
             "mac_flap", inp.bridge.name, list(m.ports), "critical" if moves >= 10 * FLAP_MIN_MOVES else "warning",
             f"MAC {m.mac}{vlan} moved {moves} times between {ports}: the bridge keeps relearning it, "
-            f"so frames for it go to the wrong port part of the time",
+            f"so frames for it go to the wrong port part of the time{where}",
             f"a MAC lives behind one port; a loop or a port that reflects frames makes it jump "
             f"(see the other findings for {ports}); `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
             {"mac": m.mac, "vlan": m.vlan, "moves": moves, "moves_per_second": round(rate, 1),
-             "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1)},
+             "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1),
+             "lives_on": home[0] if len(home) == 1 and wrong else None,
+             "wrongly_learned_on": wrong if len(home) == 1 else []},
             active=m.moves_per_second > 0))
     return out
 

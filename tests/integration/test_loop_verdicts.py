@@ -46,6 +46,11 @@ def assert_one_verdict(t, kind, ports, culprits, first_by=2):
         assert v == [want], (at, v)
     (final,) = t.findings("l2_loop")
     assert (final["evidence"]["kind"], tuple(final["ports"]), tuple(final["culprit_ports"])) == want
+    ev = final["evidence"]
+    print(f"\nverdict {kind} {list(ports)} first shown at +{per_interval[seen[0]][0]} s "
+          f"(brtrace ready after {t.startup:.2f} s); copies {ev['frames_back']}, "
+          f"per frame {ev['copies_per_frame']}, round trip {ev['round_trip_ms']}, "
+          f"per port {ev['per_port']}")
     return final
 
 

@@ -77,6 +77,8 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     vm_flap = [f for f in flaps if f["evidence"]["mac"] == vm.mac]
     assert len(vm_flap) == 1 and sorted(vm_flap[0]["ports"]) == sorted([vm.port, tap.name])
     assert vm_flap[0]["evidence"]["moves"] >= K
+    assert vm_flap[0]["evidence"]["lives_on"] == vm.port
+    assert vm_flap[0]["evidence"]["wrongly_learned_on"] == [tap.name]
 
     (nf,) = t.findings("not_forwarded")
     assert nf["ports"] == [tap.name] and nf["evidence"]["mac"] == vm.mac

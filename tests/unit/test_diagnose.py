@@ -280,3 +280,14 @@ def test_arp_unanswered_when_the_bridge_suppressed_the_requests():
     (f3,) = run(st3)
     assert "nothing behind the bridge answers for 198.51.100.10" in f3.message
     assert "maybe_suppressed_by" not in f3.evidence
+
+
+def test_mac_flap_names_where_the_mac_lives_and_where_it_is_wrongly_learned():
+    moves = [{"mac": "02:aa:00:00:00:01", "vlan": 0, "count": 40, "port": "t3o", "prev_port": "vnet0"}]
+    st = state([{}, {"t3o": {"returns": 300, "tx_flooded": 310}, "vnet0": {"tx_flooded": 310}}], moves)
+    (f,) = [f for f in run(st) if f.type == "mac_flap"]
+    assert f.evidence["lives_on"] == "vnet0" and f.evidence["wrongly_learned_on"] == ["t3o"]
+    assert "lives behind vnet0 and is wrongly learned on t3o" in f.message
+    # Without a loop port among them, nothing is claimed.
+    (g,) = [f for f in run(state([{}, {}], moves)) if f.type == "mac_flap"]
+    assert g.evidence["lives_on"] is None and "lives behind" not in g.message

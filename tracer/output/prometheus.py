@@ -56,6 +56,14 @@ SINGLE_COUNTERS = (
      "fdb_learned"),
     ("brtrace_arp_duplicates_total", "ARP frames among the flooded frames that came back.",
      "arp_duplicates"),
+    ("brtrace_port_flooded_out_total",
+     "Group-addressed (flooded) frames the bridge sent out of a port: what loop copies are "
+     "weighed against.", "tx_flooded"),
+    ("brtrace_flood_crossings_total",
+     "Loop copies that came in by another port than the frame's previous pass.", "crossings"),
+    ("brtrace_flood_host_repeats_total",
+     "Copies taken for a host repeating its own frame (GARP bursts, retransmits), not loops.",
+     "host_repeats"),
 )
 FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "storm", "not_forwarded")
 
