@@ -10,11 +10,10 @@ Without either, a port is just its name.
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-LIBVIRT_RUN = Path(os.environ.get("BRTRACE_LIBVIRT_RUN", "/run/libvirt/qemu"))
+from tracer.kernel import switches
 
 # Process names of VPN daemons that run taps (comm is at most 15 characters).
 VPN_DAEMONS = {"tincd": "tincd", "openvpn": "openvpn", "fastd": "fastd", "vtund": "vtund",
@@ -23,8 +22,11 @@ VPN_DAEMONS = {"tincd": "tincd", "openvpn": "openvpn", "fastd": "fastd", "vtund"
 VM_PROCESSES = ("qemu-system", "qemu-kvm", "kvm", "firecracker", "cloud-hypervisor")
 
 
-def libvirt_interfaces(run_dir: Path = LIBVIRT_RUN) -> dict:
-    """Interface name -> VM name, from libvirt's per-domain runtime XML."""
+def libvirt_interfaces(run_dir: Path | None = None) -> dict:
+    """Interface name -> VM name, from libvirt's per-domain runtime XML
+    (in run_dir, else BRTRACE_LIBVIRT_RUN or /run/libvirt/qemu)."""
+    if run_dir is None:
+        run_dir = switches.libvirt_run()
     out = {}
     try:
         files = sorted(run_dir.glob("*.xml"))

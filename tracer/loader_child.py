@@ -26,6 +26,8 @@ import socket
 import sys
 import tempfile
 
+from tracer.kernel import switches
+
 MAX_REQUEST = 1 << 20
 
 
@@ -105,7 +107,7 @@ def build(req: dict, bcc) -> tuple[dict, list]:
     if req["defines"].get("KERNEL_READS_DIRECT"):
         # BRTRACE_FAULT=kfunc-refused (tests): aim the calls at a struct's BTF id,
         # which the verifier refuses as no kernel function.
-        faulty = os.environ.get("BRTRACE_FAULT") == "kfunc-refused"
+        faulty = switches.fault("kfunc-refused")
         rewrite_before_load(bcc, {mark: req["defines"]["BTF_ID_SK_BUFF" if faulty else name]
                                   for mark, name in marks().items()})
     answer_kallsyms()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tracer.kernel import switches
 from tracer.kernel.features import Features, kernel_symbol_modules
 
 
@@ -64,19 +65,10 @@ HOOKS = (
 )
 
 
-AVOID_ENV = "BRTRACE_AVOID"
-
-
-def avoided() -> set:
-    """Mechanisms the operator told brtrace not to use (BRTRACE_AVOID=tcx,kprobe):
-    to work around a kernel that misbehaves with one, and to test fallbacks."""
-    return {m.strip() for m in os.environ.get(AVOID_ENV, "").split(",") if m.strip()}
-
-
 def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:
     """Can candidate `c` attach on this kernel? (yes/no, and the reason)."""
-    if c.mechanism in avoided():
-        return False, f"skipped ({AVOID_ENV}={os.environ.get(AVOID_ENV)})"
+    if c.mechanism in switches.avoided():
+        return False, switches.skipped_why()
     if c.mechanism == "reconstructed":
         return True, "available"
     if c.mechanism == "tcx":

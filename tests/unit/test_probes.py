@@ -3,7 +3,7 @@
 import pytest
 
 from tracer import probes
-from tracer.kernel import tcx
+from tracer.kernel import switches, tcx
 from tracer.kernel.features import Features
 
 
@@ -25,7 +25,7 @@ def every_tracepoint(_name):
 
 @pytest.fixture(autouse=True)
 def no_avoid(monkeypatch):
-    monkeypatch.delenv(probes.AVOID_ENV, raising=False)
+    monkeypatch.delenv(switches.AVOID, raising=False)
 
 
 def test_ports_use_tcx_where_the_kernel_has_it():
@@ -40,7 +40,7 @@ def test_ports_fall_back_to_tracepoints_and_say_why():
 
 
 def test_operator_can_avoid_a_mechanism(monkeypatch):
-    monkeypatch.setenv(probes.AVOID_ENV, "tcx")
+    monkeypatch.setenv(switches.AVOID, "tcx")
     mech, why = picked(probes.choose(features(tcx=True), every_tracepoint), "ports")
     assert mech == "raw_tracepoint" and "skipped (BRTRACE_AVOID=tcx)" in why
 

@@ -14,6 +14,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer.kernel import switches
 from tracer.kernel.btf import VMLINUX_BTF
 from tracer.kernel.kfunc import rdonly_cast_usable
 from tracer.kernel.tcx import attach_types
@@ -24,7 +25,7 @@ BPF_PROG_TYPE_TRACING = 26  # include/uapi/linux/bpf.h, stable ABI
 
 def tracefs_root() -> str | None:
     """Where tracefs is mounted (BRTRACE_TRACEFS overrides, for tests)."""
-    override = os.environ.get("BRTRACE_TRACEFS")
+    override = switches.tracefs()
     candidates = (override,) if override else TRACEFS_CANDIDATES
     for root in candidates:
         if os.path.isdir(os.path.join(root, "events")):
@@ -33,7 +34,8 @@ def tracefs_root() -> str | None:
 
 
 def btf_path() -> str:
-    return os.environ.get("BRTRACE_BTF", VMLINUX_BTF)
+    """The running kernel's BTF (BRTRACE_BTF overrides, for tests)."""
+    return switches.btf(VMLINUX_BTF)
 
 
 CLOCK_MONOTONIC_COARSE = 6   # include/uapi/linux/time.h, stable ABI

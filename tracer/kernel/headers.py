@@ -10,7 +10,6 @@ merge the two with symlinks into a private cache directory. We never write into
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import shutil
@@ -18,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tracer.errors import KernelFeatureError
-
-CACHE_ROOT = Path(os.environ.get("BRTRACE_CACHE", "/var/cache/brtrace"))
+from tracer.kernel import switches
 
 
 def running_build_dir() -> Path | None:
@@ -77,15 +75,16 @@ def bcc_kernel_source() -> tuple[Path | None, str]:
             f"no kernel headers found for bcc (none for {platform.release()}, none in /usr/src)",
             "install some: apt-get install linux-headers-amd64 (scripts/setup does this)")
     arch, common = pairs[0]
-    dest = CACHE_ROOT / "headers" / arch.name
+    cache = switches.cache_dir()
+    dest = cache / "headers" / arch.name
     if not (dest / "include" / "generated").exists():
         try:
-            CACHE_ROOT.joinpath("headers").mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=CACHE_ROOT / "headers"))
+            cache.joinpath("headers").mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=cache / "headers"))
         except OSError as exc:
             raise KernelFeatureError(
-                f"cannot prepare kernel headers for bcc in {CACHE_ROOT} ({exc.strerror})",
-                "set BRTRACE_CACHE to a writable directory") from exc
+                f"cannot prepare kernel headers for bcc in {cache} ({exc.strerror})",
+                f"set {switches.CACHE} to a writable directory") from exc
         merge_trees(tmp, [arch, common])
         try:
             tmp.rename(dest)

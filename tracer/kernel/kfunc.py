@@ -26,6 +26,7 @@ import ctypes
 import os
 
 from tracer import abi
+from tracer.kernel import switches
 
 KFUNC = "bpf_rdonly_cast"
 BPF_PROG_TYPE_KPROBE = 2            # include/uapi/linux/bpf.h, stable ABI
@@ -110,8 +111,8 @@ def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
     (and, where the kernel has kprobes, in a kprobe program: decide.bpf.c
     shares watched())? (yes/no, and why), by loading a program that makes
     watched()'s reads (probe_program()); closed at once, never attached."""
-    if "kfunc" in _avoided():
-        return False, f"skipped (BRTRACE_AVOID={os.environ.get('BRTRACE_AVOID')})"
+    if "kfunc" in switches.avoided():
+        return False, switches.skipped_why()
     ids = cast_ids(btf)
     if ids is None:
         return False, f"kernel BTF has no {KFUNC} (kernel older than 6.2)"
@@ -134,11 +135,6 @@ def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
             return False, f"the verifier refused {KFUNC} in a {what} program ({os.strerror(-fd)})"
         os.close(fd)
     return True, "available"
-
-
-def _avoided() -> set:
-    from tracer.probes import avoided  # noqa: PLC0415 - probes imports features, which imports us
-    return avoided()
 
 
 def marks() -> dict:
