@@ -19,8 +19,8 @@ from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
 from tracer.kernel.features import jiffy_ns
 from tracer.kernel.tcx import attach_types as tcx_attach_types
-from tracer.loader import (LoadRefused, LoaderChild, Program, Session, kernel_defines,
-                           prepare_headers, tcx_program_names)
+from tracer.kernel.defines import kernel_defines
+from tracer.loader import LoadRefused, LoaderChild, Program, Session, prepare_headers, tcx_program_names
 from tracer.identity import identify
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable

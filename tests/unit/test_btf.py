@@ -9,7 +9,7 @@ from functools import lru_cache
 import pytest
 
 from tracer.kernel.btf import VMLINUX_BTF, Btf
-from tracer.loader import ARG_DEFINES, FIELD_DEFINES, kernel_defines
+from tracer.kernel.defines import ARG_DEFINES, FIELD_DEFINES, kernel_defines
 
 pytestmark = pytest.mark.skipif(not shutil.which("bpftool"), reason="bpftool missing (scripts/setup installs it)")
 

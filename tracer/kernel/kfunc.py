@@ -27,14 +27,12 @@ import os
 
 from tracer import abi
 from tracer.kernel import switches
+from tracer.kernel.defines import COMMON_FIELDS, KFUNC, cast_ids
 
-KFUNC = "bpf_rdonly_cast"
 BPF_PROG_TYPE_KPROBE = 2            # include/uapi/linux/bpf.h, stable ABI
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PSEUDO_KFUNC_CALL = 2
 CALL = 0x85                         # BPF_JMP | BPF_CALL
-# The structs the C code reads through casts (common.bpf.h: KREAD()).
-CAST_TYPES = {"BTF_ID_SK_BUFF": "sk_buff", "BTF_ID_NET_DEVICE": "net_device", "BTF_ID_NET": "net"}
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -67,7 +65,7 @@ def rewrite_kfunc_calls(insns, marks: dict) -> int:
 def probe_program(ids: dict, offsets: dict) -> bytes:
     """The reads watched() makes (common.bpf.h), cast by cast: sk_buff.dev,
     then net_device.ifindex and .nd_net, then net.ns.inum; returns 0. `ids`
-    as cast_ids() gives them, `offsets` by COMMON_FIELDS define names. The
+    as defines.cast_ids() gives them, `offsets` by COMMON_FIELDS define names. The
     casts start from NULL: every load then reads 0 (BPF_PROBE_MEM), as the
     verifier allows, and the program is never run anyway."""
     call = _insn(CALL, src=BPF_PSEUDO_KFUNC_CALL, imm=ids["KFUNC_RDONLY_CAST_ID"])
@@ -89,20 +87,7 @@ def probe_program(ids: dict, offsets: dict) -> bytes:
     ))
 
 
-def cast_ids(btf) -> dict | None:
-    """{define: BTF id} for the kfunc and the cast types, or None if BTF lacks one."""
-    from tracer.errors import KernelFeatureError  # noqa: PLC0415
-    from tracer.kernel.btf import KIND_FUNC, KIND_STRUCT  # noqa: PLC0415
-    try:
-        out = {"KFUNC_RDONLY_CAST_ID": btf.find(KFUNC, KIND_FUNC)}
-        for define, struct in CAST_TYPES.items():
-            out[define] = btf.find(struct, KIND_STRUCT)
-    except KernelFeatureError:
-        return None
-    return out
-
-
-# The reads probe_program() makes: these COMMON_FIELDS of tracer/loader.py.
+# The reads probe_program() makes: these COMMON_FIELDS (tracer/kernel/defines.py).
 PROBE_FIELDS = ("SKB_DEV_OFF", "DEV_IFINDEX_OFF", "DEV_ND_NET_OFF", "NET_NS_INUM_OFF")
 
 
@@ -116,7 +101,6 @@ def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
     ids = cast_ids(btf)
     if ids is None:
         return False, f"kernel BTF has no {KFUNC} (kernel older than 6.2)"
-    from tracer.loader import COMMON_FIELDS  # noqa: PLC0415 - the loader imports this module
     prog = probe_program(ids, {name: btf.field(struct, path).offset
                                for name, struct, path in COMMON_FIELDS if name in PROBE_FIELDS})
     try:
