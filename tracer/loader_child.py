@@ -100,7 +100,7 @@ def rewrite_before_load(bcc, marks: dict) -> None:
 def build(req: dict, bcc) -> tuple[dict, list]:
     from tracer import abi
     from tracer.kernel.kfunc import marks
-    from tracer.loader import assemble
+    from tracer.program import assemble
     if bcc is None:
         return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
 

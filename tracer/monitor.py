@@ -32,7 +32,7 @@ class Monitor:
         self.jiffy_ms = jiffy_ns() / 1e6   # loop records' round trips are in ticks
         self.port_events: deque = deque(maxlen=1024)
         self._pending: list = []
-        run.session.on_events(self._pending.append)
+        run.maps.on_events(self._pending.append)
 
     # -- per record -----------------------------------------------------------
     def drain(self, emit=None) -> None:
@@ -80,28 +80,28 @@ class Monitor:
         {"drops": {(ifindex, reason, location, ethertype): n}, "counters":
         {port: {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
         Exporters call this at scrape time; tick() folds it."""
-        session = self.run.session
+        maps = self.run.maps
         slots = sorted(self.run.slots.owner)
         names = {slot: self.run.slot_name(slot) for slot in slots}
         counters = {names[slot]: {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values)
                                   if i in abi.PORT_COUNTER_NAMES}
-                    for slot, values in session.port_counters(slots).items()}
-        for slot, n in session.fdb_learned(slots).items():
+                    for slot, values in maps.port_counters(slots).items()}
+        for slot, n in maps.fdb_learned(slots).items():
             counters.setdefault(names[slot], {})["fdb_learned"] = n
-        for slot, values in session.decisions(slots).items():
+        for slot, values in maps.decisions(slots).items():
             counters.setdefault(names[slot], {}).update(
                 {abi.DECISION_NAMES[i]: v for i, v in enumerate(values) if i in abi.DECISION_NAMES})
         moves = []
-        for m in session.fdb_moves():
+        for m in maps.fdb_moves():
             moves.append({**m, "port": names.get(m["slot"]),
                           "prev_port": names.get(m["prev_slot"]) if m["count"] > 1 else None})
-        drops = session.drop_counts() if session.has_map("drop_counts") else {}
+        drops = maps.drop_counts() if maps.has_map("drop_counts") else {}
         arp = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
-                "other": names.get(t["other_slot"])} for t in session.arp_targets()]
-        neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in session.neigh_entries()]
+                "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
+        neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in maps.neigh_entries()]
         # Packets the neighbour layer dropped, by device (neigh --all-netns).
         queue_drops: dict = {}
-        for d in session.neigh_drops():
+        for d in maps.neigh_drops():
             dev = self.device_name(d["netns"], d["ifindex"])
             queue_drops.setdefault(dev, {})[self.run.kernel.reasons.name(d["reason"])] = d["count"]
         for n in neigh:
@@ -112,7 +112,7 @@ class Monitor:
     def tick(self) -> None:
         """Fold a snapshot of every kernel map the run has loaded."""
         snap, now = self.snapshot(), time.monotonic()
-        if self.run.session.has_map("drop_counts"):
+        if self.run.maps.has_map("drop_counts"):
             self.drops.fold_counts(snap["drops"], now)
         self.bridge_state.fold(snap["counters"], snap["moves"], now)
         self.bridge_state.arp = snap["arp"]
@@ -154,7 +154,7 @@ class Monitor:
         """The kernel's self-counters, plus what was capped: bounded tables
         (kernel LRU maps, Python's per-MAC state) that reached their size, so
         the oldest entries were forgotten under hostile traffic."""
-        out = self.run.session.stats() if self.run.session else {}
+        out = self.run.maps.stats() if self.run.maps else {}
         out["bad_records"] = self.bad_records
         st = self.bridge_state
         # LRU maps evict silently before they are quite full: 90% counts as capped.
@@ -207,7 +207,7 @@ def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on
             if deadline is not None and now >= deadline:
                 return None
             wait = min(next_tick, deadline or next_tick, now + poll_cap) - now
-            run.session.poll(max(1, int(wait * 1000)))
+            run.maps.poll(max(1, int(wait * 1000)))
             monitor.drain(emit)
             if on_poll is not None and on_poll() is False:
                 return None

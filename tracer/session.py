@@ -17,11 +17,13 @@ from dataclasses import replace
 from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
+from tracer.identity import identify
+from tracer.kernel.defines import kernel_defines
 from tracer.kernel.features import jiffy_ns
 from tracer.kernel.tcx import attach_types as tcx_attach_types
-from tracer.kernel.defines import kernel_defines
-from tracer.loader import LoadRefused, LoaderChild, Program, Session, prepare_headers, tcx_program_names
-from tracer.identity import identify
+from tracer.loader import LoaderChild, LoadRefused, prepare_headers, tcx_program_names
+from tracer.maps import KernelMaps
+from tracer.program import Program
 from tracer.runtime import Kernel, require_root
 from tracer.slots import SlotTable
 from tracer.topology import Topology, port_changes, resolve_netns
@@ -100,7 +102,7 @@ class BridgeRun:
         self.mode = None               # forward hook's mechanism, once open
         self.port_hooks = None         # ports hook's mechanism (tcx, raw_tracepoint), once open
         self.extra_defines = {"ALL_NETNS": 0, "NEIGH_DROPS": 0, **(defines or {})}
-        self.session: Session | None = None
+        self.maps: KernelMaps | None = None      # once open
         self.topo: Topology | None = None
         self.names: dict = {}          # ifindex -> last known name (ports that left)
         self.slots = SlotTable(abi.CONST["MAX_PORTS"])
@@ -149,7 +151,7 @@ class BridgeRun:
         tcx_spec = (tcx_attach_types(self.kernel.btf), self.netns.path if self.netns.name
                     else None) if tcx else None
         try:
-            self.session = Session(program, tcx=tcx_spec, child=loader)
+            self.maps = KernelMaps(program, tcx=tcx_spec, child=loader)
         except LoadRefused as exc:
             if not defines.get("KERNEL_READS_DIRECT"):
                 raise
@@ -162,7 +164,7 @@ class BridgeRun:
                 f"direct kernel reads refused ({exc.message}); reading through "
                 "bpf_probe_read_kernel instead (BRTRACE_AVOID=kfunc skips the attempt)")
             defines["KERNEL_READS_DIRECT"] = 0
-            self.session = Session(Program(self.sources, defines), tcx=tcx_spec)
+            self.maps = KernelMaps(Program(self.sources, defines), tcx=tcx_spec)
         with signals_deferred():
             self._apply_watch()
         # The interfaces' own drop counters at start, to reconcile at the end.
@@ -178,7 +180,7 @@ class BridgeRun:
         values = {self.bridge.ifindex: abi.CONST["WATCH_BRIDGE"]}
         for ifindex in self.bridge.ports:
             values[ifindex] = abi.CONST["WATCH_PORT"] | (self.slots.by_ifindex.get(ifindex, 0) << shift)
-        self.unwatchable = self.session.set_watch(values)
+        self.unwatchable = self.maps.set_watch(values)
         self.names[self.bridge.ifindex] = self.bridge.name
         for i, p in self.bridge.ports.items():
             self.names[i] = p.name
@@ -193,7 +195,7 @@ class BridgeRun:
         # FDB entries, br_fdb_add_local()), plus any other local entry dumped.
         self.own_macs = ({p.mac.lower() for p in self.bridge.ports.values() if p.mac}
                          | {self.bridge.mac.lower()} | {e.mac for e in self.fdb_now if e.local})
-        self.session.set_own_macs(self.own_macs)
+        self.maps.set_own_macs(self.own_macs)
 
     def iface_drops(self) -> dict:
         """port name -> (rx_dropped, tx_dropped) the interface itself counted
@@ -215,7 +217,7 @@ class BridgeRun:
             return
         # The FDB hook counts every entry learned or moved: a cheap upper bound
         # on the table's growth, read before paying for a dump.
-        learned = sum(self.session.fdb_learned(sorted(self.slots.owner)).values())
+        learned = sum(self.maps.fdb_learned(sorted(self.slots.owner)).values())
         if len(self.fdb_now) > FDB_DUMP_MAX or learned > FDB_DUMP_MAX:
             self.fdb_skipped = True
             return
@@ -261,9 +263,9 @@ class BridgeRun:
             loader, self._loader = getattr(self, "_loader", None), None
             if loader is not None:
                 loader.close()      # never asked to build: it exits
-            if self.session is not None:
-                self.session.close()
-                self.session = None
+            if self.maps is not None:
+                self.maps.close()
+                self.maps = None
             if self.topo is not None:
                 self.topo.close()
                 self.topo = None

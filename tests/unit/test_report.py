@@ -214,7 +214,7 @@ def test_monitor_hands_moved_macs_to_the_explanations():
 
     from tracer.monitor import Monitor
     run = SimpleNamespace(cfg=SimpleNamespace(interval=1.0), started=100.0,
-                          session=SimpleNamespace(on_events=lambda callback: None))
+                          maps=SimpleNamespace(on_events=lambda callback: None))
     m = Monitor(run)
     assert m.bridge_state.configured_interval == 1.0
     for t, count, where in ((101.0, 1, "vnet0"), (102.0, 4, "t3o"), (103.0, 4, "t3o")):

@@ -101,7 +101,7 @@ def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
 
 def _conclude(view, cfg, run, monitor, out, emit) -> None:
     """Last read of the kernel maps, then the summary in the chosen format."""
-    run.session.poll(0)      # deliver what is still in the ring buffer
+    run.maps.poll(0)      # deliver what is still in the ring buffer
     monitor.drain(emit)
     try:
         monitor.note_port_events(run.refresh())   # fresh interface counters for the summary

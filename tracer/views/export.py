@@ -118,7 +118,7 @@ def _loop(cfg, runs, monitors, lock):
     try:
         while deadline is None or time.monotonic() < deadline:
             for run, m in zip(runs, monitors):
-                run.session.poll(max(1, 100 // len(runs)))
+                run.maps.poll(max(1, 100 // len(runs)))
                 with lock:
                     m.drain()
             if time.monotonic() < next_tick:

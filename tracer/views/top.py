@@ -189,7 +189,7 @@ def _run_curses(cfg: Config, out) -> int:
 
 def _summary(cfg, run, monitor, out) -> None:
     """After the full screen: the final numbers, as `brtrace loops` ends."""
-    run.session.poll(0)      # deliver what is still in the ring buffer
+    run.maps.poll(0)      # deliver what is still in the ring buffer
     monitor.drain()
     monitor.tick()
     state = top_state(monitor)

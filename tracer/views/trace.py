@@ -107,8 +107,8 @@ def _port_ifindex(cfg: Config, name: Optional[str]) -> int:
 
 
 def trace_stats(run: BridgeRun) -> dict:
-    """The session's counters; the trace kind's own are events_*_trace."""
-    return dict(run.session.stats())
+    """The kernel maps' stats; the trace kind's own are events_*_trace."""
+    return dict(run.maps.stats())
 
 
 class Tracer:
@@ -254,7 +254,7 @@ def run_trace(cfg: Config, filters: Filters, count: Optional[int] = None, snaple
                         raise UsageError(f"cannot write {pcap_path}: {exc.strerror}", "pass a writable path") from exc
                 pcap = PcapngWriter(pcap_file, snaplen=max(snaplen, 1) + 4) if pcap_file else None
                 tracer = Tracer(cfg, run, count, out, pcap)
-                run.session.on_events(tracer.raw.append)
+                run.maps.on_events(tracer.raw.append)
                 if not cfg.json:
                     ns = f" (netns {run.netns.name})" if run.netns.name else ""
                     print(f"brtrace trace: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, "
@@ -263,7 +263,7 @@ def run_trace(cfg: Config, filters: Filters, count: Optional[int] = None, snaple
                 try:
                     gone = _loop(cfg, run, tracer, count)
                 finally:
-                    run.session.poll(0)
+                    run.maps.poll(0)
                     tracer.drain()
                     tracer.show_journeys(tracer.journeys.flush())
                     if pcap is not None:
@@ -291,7 +291,7 @@ def _loop(cfg, run, tracer: Tracer, count) -> Optional[BridgeGone]:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            run.session.poll(max(1, int(min(0.1, (deadline or now + 1) - now) * 1000)))
+            run.maps.poll(max(1, int(min(0.1, (deadline or now + 1) - now) * 1000)))
             tracer.drain()
             tracer.show_journeys(tracer.journeys.expire(time.monotonic_ns()))
             changed = run.topo.links_changed()
