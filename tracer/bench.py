@@ -37,15 +37,21 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tracer import lab as labmod
+from tracer.kernel.bpfsys import enable_stats
+from tracer.kernel.btf import Btf
+from tracer.kernel.headers import bcc_kernel_source
+from tracer.kernel.tcx import DIRECTIONS, TcxLinks, attach_types
 from tracer.lab import ETH_P_LAB, Lab, LabError, arp_request, ether
 
 PREFIX = "brtb"
@@ -522,7 +528,6 @@ def other_cpu_seconds(before: Dict[int, int], after: Dict[int, int]) -> float:
 def enable_bpf_stats() -> int:
     """Hold the kernel's BPF run-time statistics on (run_time_ns/run_cnt in
     fdinfo) until the returned fd is closed: scoped, unlike the sysctl."""
-    from tracer.kernel.bpfsys import enable_stats  # noqa: PLC0415
     return enable_stats()
 
 
@@ -560,9 +565,6 @@ def floor_child(tracepoints: List[str], ready_file: str, hold: float, tcx_spec: 
     """Load the floor program, write READY_FILE, wait for SIGTERM (or `hold`
     seconds), print {"hits": {hook: n}} and detach. With tcx_spec, its two tc
     programs are linked to those devices like brtrace's port programs."""
-    from tracer.kernel.btf import Btf
-    from tracer.kernel.headers import bcc_kernel_source
-    from tracer.kernel.tcx import DIRECTIONS, TcxLinks, attach_types
     headers, _note = bcc_kernel_source()
     if headers is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
@@ -847,7 +849,6 @@ def parse_metrics(text: str) -> Dict[str, float]:
 
 def scrape(url: str, timeout: float = 5.0) -> Optional[Dict[str, float]]:
     """GET a metrics page we serve ourselves on loopback; None if it fails."""
-    import urllib.request  # noqa: PLC0415
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return parse_metrics(resp.read().decode(errors="replace"))
@@ -856,7 +857,6 @@ def scrape(url: str, timeout: float = 5.0) -> Optional[Dict[str, float]]:
 
 
 def free_loopback_port() -> int:
-    import socket  # noqa: PLC0415
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -23,6 +23,8 @@ next to the helper that reproduces it (see ``FAULTS`` below).
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import select
 import shutil
@@ -121,7 +123,6 @@ def netns_exists(name: str) -> bool:
 def _set_pdeathsig() -> None:
     """In a child: ask for SIGTERM when the parent dies, so no helper outlives us."""
     try:
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # best effort: children also have their own time bound
@@ -846,7 +847,6 @@ class Lab:
 
     def stp_state(self, port: str) -> str:
         """Current STP state name of a port, as `bridge -j link` reports it."""
-        import json
         out = run(["bridge", "-n", self.bridge_ns, "-j", "link", "show", "dev", port]).stdout
         return json.loads(out)[0].get("state", "?")
 
@@ -878,7 +878,6 @@ class Lab:
 
     def wait_stp_settled(self, timeout: float = 15.0) -> None:
         """Poll until no bridge port is listening or learning (bounded)."""
-        import json
         end = time.monotonic() + timeout
         while True:
             out = run(["bridge", "-n", self.bridge_ns, "-j", "link"]).stdout
@@ -891,7 +890,6 @@ class Lab:
 
     def stp_states(self, netns: str) -> Dict[str, str]:
         """port -> STP state name for every port of the bridge(s) in NETNS."""
-        import json
         out = run(["bridge", "-n", netns, "-j", "link"]).stdout
         return {p["ifname"]: p.get("state", "?") for p in json.loads(out or b"[]")}
 
@@ -1159,7 +1157,6 @@ class Lab:
 
     def link_stats(self, netns: str, dev: str) -> dict:
         """rx/tx packet and drop counters of one device (from `ip -s -j link`)."""
-        import json
         out = run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", dev]).stdout
         stats = json.loads(out)[0]["stats64"]
         return {"rx_packets": stats["rx"]["packets"], "rx_dropped": stats["rx"]["dropped"],
@@ -1170,7 +1167,6 @@ class Lab:
 
     def bridge_ifindexes(self) -> List[int]:
         """The bridge and its ports, by ifindex in the bridge's namespace."""
-        import json
         links = json.loads(run(["ip", "-n", self.bridge_ns, "-j", "link", "show"]).stdout)
         return sorted(l["ifindex"] for l in links
                       if l.get("ifname") == self.bridge or l.get("master") == self.bridge)

@@ -8,7 +8,7 @@ kprobe attachments) to its parent over a Unix socket (SCM_RIGHTS), and exits
 without bcc's clean-up: the attachments live on as long as the parent holds
 the descriptors, and go with the parent however it ends.
 
-Run by tracer/loader.py as `python -m tracer.loader_child FD`; FD is its end of
+Run by tracer/loader.py (LoaderChild) as `python -m tracer.loader_child FD`; FD is its end of
 a SOCK_SEQPACKET socket pair. Request (JSON): sources, defines, maps (names to
 send), tcx_programs (sched_cls functions to load, unattached). Reply (JSON +
 fds): {"maps": {name: i}, "progs": {name: i}, "links": [i, ...]} or {"error": ...}.
@@ -26,7 +26,10 @@ import socket
 import sys
 import tempfile
 
+from tracer import abi
 from tracer.kernel import switches
+from tracer.kernel.kfunc import marks, rewrite_kfunc_calls
+from tracer.program import assemble
 
 MAX_REQUEST = 1 << 20
 
@@ -82,7 +85,6 @@ def rewrite_before_load(bcc, marks: dict) -> None:
     """Have bcc rewrite fake-helper calls into kfunc calls in each function's
     instructions, in its own buffer, just before it loads the function
     (bcc.BPF() loads tracepoint programs itself, from its constructor)."""
-    from tracer.kernel.kfunc import rewrite_kfunc_calls  # noqa: PLC0415
     lib, original = bcc.lib, bcc.BPF.load_func
 
     def load_func(self, func_name, prog_type, device=None, attach_type=-1):
@@ -98,9 +100,6 @@ def rewrite_before_load(bcc, marks: dict) -> None:
 
 
 def build(req: dict, bcc) -> tuple[dict, list]:
-    from tracer import abi
-    from tracer.kernel.kfunc import marks
-    from tracer.program import assemble
     if bcc is None:
         return {"error": "bcc is not importable from this Python", "no_bcc": True}, []
 

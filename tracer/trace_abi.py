@@ -10,6 +10,7 @@ length from the header on.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 
 from tracer.abi import BPF_DIR, read_defines
 
@@ -76,5 +77,4 @@ def mac_filter(mac: str) -> int:
 
 def ip_filter(ip: str) -> int:
     """FILTER_IP for an IPv4 address: its 4 bytes in a little-endian u32."""
-    import ipaddress  # noqa: PLC0415
     return int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")

@@ -16,6 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tracer.kernel.btf import Btf
+from tracer.kernel.features import Features
+
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
 
@@ -117,7 +122,6 @@ def tcx_links(prog_ids: set) -> list:
     """prog_id of every tcx link of these programs, one entry per link
     (`bpftool link`; older bpftools print the type as its number, taken here
     from the kernel's enum bpf_link_type)."""
-    from tracer.kernel.btf import Btf
     with Btf() as btf:
         tcx = {"tcx", btf.enum("bpf_link_type").get("BPF_LINK_TYPE_TCX")}
     out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
@@ -137,8 +141,6 @@ def wait_unloaded(ids: set, timeout: float = 10.0) -> set:
 
 def direct_reads() -> tuple[bool, str]:
     """Does this kernel take bpf_rdonly_cast() (what `brtrace doctor` reports)?"""
-    from tracer.kernel.btf import Btf
-    from tracer.kernel.features import Features
     with Btf() as btf:
         f = Features.probe(btf)
     return f.direct_reads, f.direct_reads_why
@@ -157,6 +159,5 @@ def reads_env(reads: str) -> dict:
     if reads == "kfunc":
         ok, why = direct_reads()
         if not ok:
-            import pytest
             pytest.skip(f"no direct kernel reads here: {why}")
     return READS[reads][0]

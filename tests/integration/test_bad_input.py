@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import our_kind_of_progs
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -74,7 +75,6 @@ def test_bad_invocations(lab, busy_port):
 
 def test_no_program_left_after_bad_export(lab, busy_port):
     """A bind failure happens after BPF is attached: it must still detach."""
-    from harness import our_kind_of_progs
 
     def ours():
         return set(our_kind_of_progs())

@@ -9,7 +9,7 @@ Ground truth per fault was measured with tracefs on 6.18 (tracer.lab.FAULTS).
 import pytest
 
 from harness import READS, reads_env
-from tracer.lab import ETH_P_LAB, ether, ipv4_udp, ping, send_frames
+from tracer.lab import ETH_P_LAB, Lab, ether, ipv4_udp, ping, send_frames
 
 K = 50
 pytestmark = pytest.mark.integration
@@ -169,7 +169,6 @@ def test_healthy_bridge_has_no_drops(lab, tracer_factory):
 def test_same_name_bridge_in_another_namespace_is_not_mixed_in(lab, tracer_factory, reads):
     """Two labs, both with a bridge called br-int (same ifindexes too): drops
     on the other one stay out, by the namespace watched() reads."""
-    from tracer.lab import Lab
     with Lab(prefix=lab.prefix + "o", hosts=2) as other:
         o1, o2 = other.host(1), other.host(2)
         t = tracer_factory(*drops_cmd(lab), env=reads_env(reads))

@@ -1,6 +1,7 @@
 """Bad input, signals and a vanishing bridge: one-line errors, clean detach."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -95,7 +96,6 @@ def _fake_missing_bcc(tmp_path):
     ("PYTHONPATH", "bcc is not importable from this Python; run scripts/setup"),
 ])
 def test_missing_kernel_pieces_are_one_line(lab, tmp_path, env_name, needle):
-    import os
     value = "/nonexistent/vmlinux" if env_name == "BRTRACE_BTF" else _fake_missing_bcc(tmp_path)
     r = subprocess.run([sys.executable, "-m", "tracer.cli", "drops", "--bridge", lab.bridge,
                         "--netns", lab.bridge_ns, "--duration", "1"], cwd=REPO, capture_output=True,

@@ -10,6 +10,7 @@ interval), and on the ports that only carry the storm never being named.
 """
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -176,7 +177,6 @@ def _storm_between_1_and_2(m):
 
 def _keep_asking(netns, ip, seconds):
     """Bounded: one ping a second for `seconds` (each ARPs while unanswered)."""
-    import subprocess
     return subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-c", str(int(seconds)),
                              "-i", "1", "-W", "1", ip], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

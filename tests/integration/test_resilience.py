@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness import held_prog_ids, our_kind_of_progs, tcx_links, wait_unloaded
-from tracer.lab import ETH_P_LAB, ether, send_frames
+from tracer.lab import CHILD_PYTHON, ETH_P_LAB, ether, ns_argv, run, send_frames
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,6 @@ print(count)
 def test_hostile_flood_of_random_macs_and_arp_targets_stays_bounded(lab, tracer_factory):
     """20,000 random source MACs asking for 20,000 random IPs: the kernel maps
     are LRU-bounded, Python's per-MAC state too, and the summary says it capped."""
-    from tracer.lab import CHILD_PYTHON, ns_argv, run
     h1 = lab.host(1)
     t = tracer_factory("neigh", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--interval", "1",
                        "--duration", "300")

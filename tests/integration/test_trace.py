@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tracer.lab import ETH_P_LAB, Lab, ether, send_frames
+from tracer.lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, send_frames
 
 pytestmark = pytest.mark.integration
 
@@ -216,7 +216,6 @@ def test_pcapng_read_back_with_tshark(lab, trace, tmp_path):
 
 
 def test_arp_and_ip_filters_keep_only_arp_about_that_address(lab, trace):
-    from tracer.lab import arp_request, ipv4_udp
     h1, h2, h3 = lab.host(1), lab.host(2), lab.host(3)
     learn(h2)
     t = trace("--arp", "--ip", h2.ip)

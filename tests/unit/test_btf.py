@@ -8,6 +8,7 @@ from functools import lru_cache
 
 import pytest
 
+from tracer.errors import KernelFeatureError
 from tracer.kernel.btf import VMLINUX_BTF, Btf
 from tracer.kernel.defines import ARG_DEFINES, FIELD_DEFINES, kernel_defines
 
@@ -102,12 +103,10 @@ def test_drop_reason_enum_matches_bpftool(btf):
 
 
 def test_missing_member_is_a_clear_error(btf):
-    from tracer.errors import KernelFeatureError
     with pytest.raises(KernelFeatureError, match="no member 'no_such_field'"):
         btf.field("sk_buff", "no_such_field")
 
 
 def test_missing_btf_file_is_a_clear_error(tmp_path):
-    from tracer.errors import KernelFeatureError
     with pytest.raises(KernelFeatureError, match="no BTF"):
         Btf(str(tmp_path / "vmlinux"))

@@ -3,7 +3,7 @@
 import pytest
 
 from tracer.errors import KernelFeatureError
-from tracer.kernel.kallsyms import Kallsyms, Symbol
+from tracer.kernel.kallsyms import Kallsyms, LazyKallsyms, Symbol
 
 # Shaped like the real file: unsorted module part, aliases at one address,
 # data symbols that must be ignored, a weak function, a module symbol.
@@ -123,7 +123,6 @@ def test_addresses_visible_reads_the_first_line(tmp_path):
 
 
 def test_lazy_kallsyms_reads_the_file_at_the_first_lookup(tmp_path):
-    from tracer.kernel.kallsyms import LazyKallsyms
     ks = tmp_path / "kallsyms"
     lazy = LazyKallsyms(str(ks))          # the file does not exist yet: nothing read
     ks.write_text("ffffffff81000000 T _stext\nffffffff81000100 t br_forward\t[bridge]\n")

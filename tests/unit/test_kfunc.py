@@ -3,6 +3,7 @@
 
 from tracer import abi
 from tracer.kernel import kfunc
+from tracer.kernel.features import jiffy_ns
 
 MARK = abi.CONST["KFUNC_MARK_RDONLY_CAST"]
 
@@ -66,6 +67,5 @@ def test_marks_name_the_define_that_carries_the_kfunc_id():
 
 
 def test_jiffy_is_one_of_the_kernels_tick_lengths():
-    from tracer.kernel.features import jiffy_ns
     # HZ is 100, 250, 300 or 1000 (kernel/Kconfig.hz): the tick is 1e9 / HZ ns.
     assert jiffy_ns() in {10_000_000, 4_000_000, 3_333_333, 1_000_000}

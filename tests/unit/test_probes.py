@@ -1,10 +1,13 @@
 """Which mechanism each hook picks, and why, for the kernels brtrace meets."""
 
+import errno
+import os
+
 import pytest
 
 from tracer import probes
 from tracer.kernel import switches, tcx
-from tracer.kernel.features import Features
+from tracer.kernel.features import Features, kernel_symbol_modules
 
 
 def features(**kw):
@@ -73,7 +76,6 @@ def test_tcx_attach_types_come_from_btf():
 
 
 def test_kernel_symbol_modules_in_one_pass(tmp_path):
-    from tracer.kernel.features import kernel_symbol_modules
     ks = tmp_path / "kallsyms"
     ks.write_text("ffffffff81000000 T _stext\n"
                   "ffffffffc0a01000 t br_forward\t[bridge]\n"
@@ -87,8 +89,6 @@ def test_kernel_symbol_modules_in_one_pass(tmp_path):
 def test_tcx_links_follow_the_watched_set(monkeypatch):
     """sync() links both programs to new devices, unlinks those that left, and
     skips a device that vanished before its link (ENODEV)."""
-    import errno
-    import os
     made = []
 
     def fake_link_create(prog_fd, ifindex, attach_type):

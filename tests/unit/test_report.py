@@ -1,10 +1,12 @@
 """Named, explained drop rows and their 80-column table, from fixed state."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from tracer.aggregate import DropState
 from tracer.kernel.kallsyms import Kallsyms
 from tracer.kernel.reasons import parse_kfree_skb_format
+from tracer.monitor import Monitor
 from tracer.output.table import drops_table
 from tracer.report import drop_rows
 from tracer.topology import Bridge, FdbEntry, Netns, Port
@@ -210,9 +212,6 @@ def test_an_fdb_read_after_the_mac_moved_may_be_stale():
 
 
 def test_monitor_hands_moved_macs_to_the_explanations():
-    from types import SimpleNamespace
-
-    from tracer.monitor import Monitor
     run = SimpleNamespace(cfg=SimpleNamespace(interval=1.0), started=100.0,
                           maps=SimpleNamespace(on_events=lambda callback: None))
     m = Monitor(run)

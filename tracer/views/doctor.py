@@ -7,16 +7,18 @@ import os
 from pathlib import Path
 
 from tracer.errors import BrtraceError
+from tracer.kernel.btf import Btf
 from tracer.kernel.features import Features, btf_path, tracefs_root
 from tracer.kernel.headers import bcc_kernel_source
+from tracer.kernel.reasons import load_reason_table
 from tracer.output import jsonl
+from tracer.probes import choose
 
 
 def facts() -> dict:
     """Everything doctor reports, as plain data (also the JSON record)."""
     if not Path(btf_path()).exists():
         return _facts(Features.probe(), None)
-    from tracer.kernel.btf import Btf  # noqa: PLC0415
     with Btf(btf_path()) as btf:
         return _facts(Features.probe(btf), btf)
 
@@ -31,14 +33,12 @@ def _facts(f: Features, btf) -> dict:
     except BrtraceError as exc:
         out["headers"] = f"missing: {exc.oneline()}"
     try:
-        import bcc  # noqa: F401,PLC0415 - presence check only
+        import bcc  # noqa: PLC0415 - presence check only, in doctor's short-lived process
         out["bcc"] = getattr(bcc, "__version__", "present")
     except ImportError:
         out["bcc"] = None
     hooks = {}
     if btf is not None:
-        from tracer.kernel.reasons import load_reason_table  # noqa: PLC0415
-        from tracer.probes import choose  # noqa: PLC0415
         try:
             table = load_reason_table(tracefs_root() or "/nonexistent",
                                       btf_enum=lambda: btf.enum("skb_drop_reason"))
