@@ -172,8 +172,8 @@ class NeighEvent(ctypes.Structure):
 
 
 # Every struct the header defines, by its C name (the ABI test walks this).
-STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey, "drop_event": DropEvent, "fdb_key": FdbKey,
-           "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
+STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey, "drop_event": DropEvent,
+           "fdb_key": FdbKey, "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
            "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
            "neigh_event": NeighEvent, "neigh_drop_key": NeighDropKey}
 

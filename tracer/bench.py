@@ -727,7 +727,7 @@ int main(int argc, char **argv)
 	printf("%lld %lld\n", sent, refused);
 	return 0;
 }
-"""
+"""  # noqa: E101 - C source, kernel style: tabs, then spaces to align a continuation
 
 # The fallback when there is no C compiler: same arguments, same output, slower.
 SENDER_PY = r"""
@@ -1294,13 +1294,13 @@ class Bench:
         if self.tracer is not None:
             try:
                 self.tracer.stop(timeout=10)
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort: clean-up goes on to the next resource
                 pass
             self.tracer = None
         for p in list(self.children):
             try:
                 labmod._kill_pid(p)
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort: clean-up goes on to the next child
                 pass
         self.children.clear()
         if self.lab is not None:
@@ -1326,7 +1326,7 @@ def _rates(text: str) -> List[int]:
     try:
         rates = [int(r) for r in text.split(",") if r.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"frames per second, comma-separated (got {text!r})")
+        raise argparse.ArgumentTypeError(f"frames per second, comma-separated (got {text!r})") from None
     if not rates or any(r < 0 or r > MAX_PPS for r in rates):
         raise argparse.ArgumentTypeError(f"each rate between 0 and {MAX_PPS} (got {text!r})")
     return rates

@@ -71,7 +71,7 @@ def drops(**kw):
       brtrace drops --bridge br-int
       brtrace drops -b br-int -d 30 -o json > drops.jsonl
     """
-    from tracer.views.drops import run_drops
+    from tracer.views.drops import run_drops  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_drops(_config(kw)))
 
 
@@ -85,7 +85,7 @@ def loops(**kw):
       brtrace loops --bridge br-int
       brtrace loops -b br-int -d 10 -o json
     """
-    from tracer.views.loops import run_loops
+    from tracer.views.loops import run_loops  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_loops(_config(kw)))
 
 
@@ -100,7 +100,7 @@ def top(**kw):
     Example:
       brtrace top --bridge br-int
     """
-    from tracer.views.top import run_top
+    from tracer.views.top import run_top  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_top(_config(kw)))
 
 
@@ -116,7 +116,7 @@ def neigh(all_netns, **kw):
       brtrace neigh --bridge br-int
       brtrace neigh -b br-int --all-netns -d 30 -o json
     """
-    from tracer.views.neigh import run_neigh
+    from tracer.views.neigh import run_neigh  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_neigh(_config(kw), all_netns=all_netns))
 
 
@@ -139,7 +139,7 @@ def export(bridges, netns, listen, interval, duration, ready_file):
       brtrace export --bridge br-int
       brtrace export -b br-int -b br-ext --listen 127.0.0.1:9435
     """
-    from tracer.views.export import run_export
+    from tracer.views.export import run_export  # noqa: PLC0415 - a verb imports its view only
     cfg = Config(bridge=bridges[0], netns=netns, interval=interval, duration=duration,
                  ready_file=ready_file)
     sys.exit(run_export(cfg, list(dict.fromkeys(bridges)), listen))
@@ -173,7 +173,7 @@ def trace(count, snaplen, pcap_path, mac, ip, arp, vlan, proto, port, rate, **kw
       brtrace trace -b br-int --arp --ip 10.0.0.5 -w arp.pcapng
       brtrace trace -b br-int --port vnet3 -d 30 -o json
     """
-    from tracer.views.trace import Filters, parse_proto, run_trace
+    from tracer.views.trace import Filters, parse_proto, run_trace  # noqa: PLC0415 - a verb imports its view only
     filters = Filters(mac=mac, ip=ip, arp=arp, vlan=vlan, proto=parse_proto(proto) if proto else None,
                       port=port)
     sys.exit(run_trace(_config(kw), filters, count, snaplen, pcap_path, rate=rate))
@@ -188,7 +188,7 @@ def doctor(output):
     Example:
       brtrace doctor
     """
-    from tracer.views.doctor import run_doctor
+    from tracer.views.doctor import run_doctor  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_doctor(output))
 
 

@@ -122,7 +122,8 @@ def mac_flap(inp: Inputs) -> list:
             f"MAC {m.mac}{vlan} moved {moves} times between {ports}: the bridge keeps relearning it, "
             f"so frames for it go to the wrong port part of the time{where}",
             f"a MAC lives behind one port; a loop or a port that reflects frames makes it jump "
-            f"(see the other findings for {ports}); `{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
+            f"(see the other findings for {ports}); "
+            f"`{inp.ns_prefix}bridge fdb show br {inp.bridge.name} | grep {m.mac}`",
             {"mac": m.mac, "vlan": m.vlan, "moves": moves, "moves_per_second": round(rate, 1),
              "peak_moves_per_second": round(m.peak_rate, 1), "over_seconds": round(inp.seconds, 1),
              "lives_on": home[0] if len(home) == 1 and wrong else None,

@@ -94,7 +94,7 @@ def run(argv: Sequence[str], check: bool = True, timeout: float = 30.0,
         proc = subprocess.run(list(argv), input=input, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=timeout)
     except subprocess.TimeoutExpired:  # subprocess.run already killed the child
-        raise LabError("%s timed out after %.0fs" % (" ".join(argv[:6]), timeout))
+        raise LabError("%s timed out after %.0fs" % (" ".join(argv[:6]), timeout)) from None
     if check and proc.returncode != 0:
         raise LabError("%s failed (rc=%d): %s" % (
             " ".join(argv), proc.returncode, proc.stderr.decode(errors="replace").strip()))
@@ -125,7 +125,7 @@ def _set_pdeathsig() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # best effort: children also have their own time bound
+    except Exception:  # noqa: BLE001 - best effort: children also have their own time bound
         pass
 
 
@@ -291,7 +291,7 @@ def wait_sender(proc: subprocess.Popen, timeout: float) -> int:
     except subprocess.TimeoutExpired:
         _kill_pid(proc)
         proc.communicate()
-        raise LabError("sender %d overran %.0fs" % (proc.pid, timeout))
+        raise LabError("sender %d overran %.0fs" % (proc.pid, timeout)) from None
     if proc.returncode != 0:
         raise LabError("sender failed: %s" % err.decode(errors="replace").strip())
     return _parse_sent(out)
@@ -1168,8 +1168,8 @@ class Lab:
     def bridge_ifindexes(self) -> List[int]:
         """The bridge and its ports, by ifindex in the bridge's namespace."""
         links = json.loads(run(["ip", "-n", self.bridge_ns, "-j", "link", "show"]).stdout)
-        return sorted(l["ifindex"] for l in links
-                      if l.get("ifname") == self.bridge or l.get("master") == self.bridge)
+        return sorted(link["ifindex"] for link in links
+                      if link.get("ifname") == self.bridge or link.get("master") == self.bridge)
 
     # ---- cleanup --------------------------------------------------------
     def cleanup(self) -> None:
@@ -1181,7 +1181,7 @@ class Lab:
         for proc in self._children:
             try:
                 _kill_pid(proc)
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort: clean-up goes on to the next child
                 pass
             for stream in (proc.stdout, proc.stderr):
                 if stream:
@@ -1267,7 +1267,7 @@ class KfreeSkbTrace:
             except OSError:
                 pass
         with open(os.path.join(self.dir, "trace")) as f:
-            self.lines = [l for l in f.read().splitlines() if l and not l.startswith("#")]
+            self.lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
         return self.lines
 
     def close(self) -> None:

@@ -546,7 +546,7 @@ class TincMesh:
                 # SIGKILLs it 1 s later if needed; 5 s grace covers that.
                 try:
                     _kill_pid(node.wrapper, grace=5.0)
-                except Exception:
+                except Exception:  # noqa: BLE001 - best effort: clean-up goes on to the next node
                     pass
                 if node.wrapper in self._lab._children:
                     self._lab._children.remove(node.wrapper)

@@ -6,24 +6,22 @@ data, so the rest of brtrace (and its unit tests) never needs netlink.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 from dataclasses import dataclass, field
 
-import ctypes
-
-CLONE_NEWNET = 0x40000000
-
 from tracer.errors import UsageError
 
+CLONE_NEWNET = 0x40000000
 RTMGRP_LINK = 1   # include/uapi/linux/rtnetlink.h: link events' multicast group
 
 
 def _pyroute2():
     """(IPRoute, NetlinkError), imported on first use: pyroute2's import takes
     ~0.1 s, which then overlaps the BPF compile BridgeRun.open() has started."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    from pyroute2 import IPRoute  # noqa: PLC0415 - see above
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415 - see above
     return IPRoute, NetlinkError
 
 NETNS_DIR = "/run/netns"
@@ -94,9 +92,9 @@ def resolve_netns(name: str | None) -> Netns:
         path = os.path.join(NETNS_DIR, name)
     try:
         st = os.stat(path)
-    except OSError:
+    except OSError as exc:
         raise UsageError(f"network namespace {name!r} not found",
-                         "list them with `ip netns list`, or pass a path like /proc/PID/ns/net")
+                         "list them with `ip netns list`, or pass a path like /proc/PID/ns/net") from exc
     own = os.stat("/proc/self/ns/net")
     if st.st_dev != own.st_dev:  # every namespace file lives on nsfs
         raise UsageError(f"{path} is not a network namespace",
@@ -165,7 +163,7 @@ class Topology:
                              + (" in that namespace" if where else "; use --netns if it lives in another namespace"))
         if _kind(link) != "bridge":
             master = link.get("IFLA_MASTER")
-            master_name = next((l.get("IFLA_IFNAME") for l in links if l["index"] == master), None)
+            master_name = next((d.get("IFLA_IFNAME") for d in links if d["index"] == master), None)
             hint = (f"it is a port of {master_name}: use --bridge {master_name}" if master_name
                     else "list bridges with `ip -br link show type bridge`")
             raise UsageError(f"{name!r}{where} is a {_kind(link) or 'plain'} device, not a bridge",
@@ -173,23 +171,23 @@ class Topology:
         ifindex = link["index"]
         states = self._stp_states()
         ports = {}
-        for l in links:
-            if l.get("IFLA_MASTER") == ifindex:
-                ports[l["index"]] = Port(
-                    ifindex=l["index"], name=l.get("IFLA_IFNAME"), kind=_kind(l),
-                    mac=l.get("IFLA_ADDRESS") or "", mtu=l.get("IFLA_MTU") or 0,
-                    operstate=l.get("IFLA_OPERSTATE") or "", txqlen=l.get("IFLA_TXQLEN") or 0,
-                    stp_state=STP_STATES.get(states.get(l["index"], -1), "unknown"),
-                    **_dropped(l))
+        for dev in links:
+            if dev.get("IFLA_MASTER") == ifindex:
+                ports[dev["index"]] = Port(
+                    ifindex=dev["index"], name=dev.get("IFLA_IFNAME"), kind=_kind(dev),
+                    mac=dev.get("IFLA_ADDRESS") or "", mtu=dev.get("IFLA_MTU") or 0,
+                    operstate=dev.get("IFLA_OPERSTATE") or "", txqlen=dev.get("IFLA_TXQLEN") or 0,
+                    stp_state=STP_STATES.get(states.get(dev["index"], -1), "unknown"),
+                    **_dropped(dev))
         return Bridge(ifindex=ifindex, name=name, mac=link.get("IFLA_ADDRESS") or "",
                       mtu=link.get("IFLA_MTU") or 0, netns=self.netns, ports=ports)
 
     def _stp_states(self) -> dict[int, int]:
         out = {}
-        for l in self._ipr.get_links(family=socket.AF_BRIDGE):
-            info = l.get("IFLA_PROTINFO")
+        for dev in self._ipr.get_links(family=socket.AF_BRIDGE):
+            info = dev.get("IFLA_PROTINFO")
             if info is not None and info.get("IFLA_BRPORT_STATE") is not None:
-                out[l["index"]] = info.get("IFLA_BRPORT_STATE")
+                out[dev["index"]] = info.get("IFLA_BRPORT_STATE")
         return out
 
     def fdb(self, bridge: Bridge) -> list[FdbEntry]:

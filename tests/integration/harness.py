@@ -59,7 +59,7 @@ class Tracer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, self.stderr = self.proc.communicate()
-            raise AssertionError("brtrace did not exit after the signal")
+            raise AssertionError("brtrace did not exit after the signal") from None
         self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
         return self.records
 

@@ -52,7 +52,7 @@ def _pdeathsig():
     """In the child: SIGTERM when the test process dies, so nothing outlives it."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort, in the child before it runs
         pass
 
 
@@ -456,7 +456,7 @@ tests:
       - eval_time: 20m
         alertname: BrtraceEventsLost
         exp_alerts: []
-"""
+"""  # noqa: E501 - promtool test file: rule annotations quoted whole
 
 
 @pytest.mark.skipif(not PROMTOOL, reason="promtool not installed (Debian package `prometheus`)")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, send_frames
+from tracer.lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
 from tracer.tinc_lab import TincMesh
 
 pytestmark = pytest.mark.integration

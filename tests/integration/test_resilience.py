@@ -1,9 +1,7 @@
 """Exact counts under load, two tracers at once, SIGKILL then restart."""
 
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest

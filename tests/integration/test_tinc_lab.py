@@ -183,7 +183,7 @@ def test_own_frames_come_back_through_t3o(mesh_factory, record_property):
 
     wanted = "%s: received packet on %s with own address as source address (addr:%s" % (
         n3.bridge, n3.tap, n3.bridge_mac)
-    hits = [l for l in (lines or []) if wanted in l]
+    hits = [line for line in (lines or []) if wanted in line]
     record_property("own_address_kmsg_lines", len(hits))
     print("kmsg own-address lines for node 3: %d" % len(hits))
     if not hits:

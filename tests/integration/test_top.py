@@ -4,7 +4,6 @@ screen read with capture-pane. A reflecting tap makes echo and loop
 findings; `q` must end the program and detach every BPF program."""
 
 import itertools
-import json
 import os
 import re
 import shlex

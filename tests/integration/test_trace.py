@@ -56,7 +56,7 @@ class TraceRun:
             out, self.stderr = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("trace did not exit")
+            raise AssertionError("trace did not exit") from None
         assert self.proc.returncode == 0, self.stderr
         self.records = [json.loads(line) for line in out.splitlines() if line.strip()]
         return self.records

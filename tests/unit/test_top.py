@@ -87,7 +87,8 @@ def test_200x50_screen():
 
 def test_header_variants():
     s = replace(STATE, netns="", mode="", probes_missing=("forward", "fdb"), paused=True, elapsed=7300)
-    assert render(s, 100, 10)[0] == "brtrace top: br-int  no forward hook  up 2h01m  lost 3  missing forward,fdb  PAUSED"
+    assert render(s, 100, 10)[0] == ("brtrace top: br-int  no forward hook  up 2h01m  lost 3  "
+                                     "missing forward,fdb  PAUSED")
     assert render(replace(STATE, mode="kprobe"), 100, 10)[0] == HEADER.replace("tracepoint", "kprobe")
     assert render(s, 100, 10)[-1] == "q quit  s sort (rx pps)  p resume  j/k select  d/Enter drill"
 

@@ -35,7 +35,7 @@ if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
     pytest.skip("kernel-matrix lane: runs only inside the 6.1 VM (scripts/vm-test)",
                 allow_module_level=True)
 
-from harness import Tracer  # noqa: E402  (tests/integration/harness.py)
+from harness import Tracer  # tests/integration/harness.py
 
 REPO = Path(__file__).resolve().parents[2]
 BRTRACE = [str(REPO / ".venv/bin/brtrace")] if (REPO / ".venv/bin/brtrace").exists() \

@@ -35,8 +35,8 @@ if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
     pytest.skip("kernel-matrix lane: runs only inside the 6.1 VM (scripts/vm-test)",
                 allow_module_level=True)
 
-from harness import Tracer  # noqa: E402  (tests/integration/harness.py)
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames  # noqa: E402
+from harness import Tracer  # tests/integration/harness.py
+from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames
 
 # Not test_vm_drops.py's brtv<pid> (same pytest process): an "l" for loops.
 PREFIX = f"brtv{os.getpid() % 1000}l"

@@ -89,7 +89,7 @@ def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
                 on_event = ((lambda rec: jsonl.emit(rec, out)) if cfg.json
                             else (lambda rec: print(port_event_line(rec), file=out, flush=True)))
                 each = view.on_interval_json if cfg.json else view.on_interval
-                tick = (lambda: each(cfg, run, monitor, out)) if each else None  # noqa: E731
+                tick = (lambda: each(cfg, run, monitor, out)) if each else None
                 gone = drive(cfg, run, monitor, tick, emit, on_event)
                 _conclude(view, cfg, run, monitor, out, emit)
         except Stopped:

@@ -34,7 +34,8 @@ def _table(cfg, run, monitor, rows, findings, out):
     lost = stats.get("events_lost", 0) + stats.get("events_rate_limited", 0)
     if lost or stats.get("drop_keys_full"):
         print(f"(sampled records not delivered: {lost}; counts are exact"
-              + (f", except {stats['drop_keys_full']} drops beyond the key table" if stats.get("drop_keys_full") else "")
+              + (f", except {stats['drop_keys_full']} drops beyond the key table"
+                 if stats.get("drop_keys_full") else "")
               + ")", file=out)
 
 

@@ -37,7 +37,7 @@ def parse_listen(listen: str) -> tuple:
             raise ValueError
     except ValueError:
         raise UsageError(f"--listen {listen!r} is not ADDRESS:PORT",
-                         "e.g. --listen 127.0.0.1:9435 (loopback; another address is your explicit choice)")
+                         "e.g. --listen 127.0.0.1:9435 (loopback; another address is your explicit choice)") from None
     return host, port_n
 
 
