@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from fingerprint import flood_slot
 from harness import READS
 from tracer import abi
 from tracer.bench import Frames
@@ -98,31 +99,6 @@ def test_reflecting_vpn_tap(lab, tracer_factory, hooks):
     assert t.ports()[gw.port]["echoes"] == 0 and t.ports()[vm.port]["returns"] == 0
     assert t.ports()[gw.port]["host_repeats"] == G - 1
     assert t.ports()[gw.port]["returns"] + t.ports()[gw.port]["reentries"] == 0
-
-
-FLOOD_KEYS_MAX, FINGERPRINT_BYTES = abi.CONST["FLOOD_KEYS_MAX"], abi.CONST["FINGERPRINT_BYTES"]
-M64 = (1 << 64) - 1
-
-
-_FP_ODD = (0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3, 0x589965CC75374CC3,
-           0x1D8E4E27C47D124F, 0xEB44ACCAB455D165, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
-
-
-def flood_slot(frame: bytes) -> int:
-    """The fingerprint-table slot forward.bpf.c's fingerprint() gives a frame:
-    used only to pick burst frames that do not share a slot (a direct-mapped
-    table forgets the older of two such frames, by design)."""
-    n = min(len(frame), FINGERPRINT_BYTES)
-    words = [int.from_bytes(frame[i:i + 8][:max(0, n - i)].ljust(8, b"\0"), "little")
-             for i in range(0, FINGERPRINT_BYTES, 8)]
-    h = n * 0x9E3779B97F4A7C15 + sum(w * k for w, k in zip(words, _FP_ODD))
-    h &= M64
-    h ^= h >> 31
-    h = (h * 0xBF58476D1CE4E5B9) & M64
-    h ^= h >> 27
-    h = (h * 0x94D049BB133111EB) & M64
-    h ^= h >> 31
-    return h & (FLOOD_KEYS_MAX - 1)
 
 
 @pytest.mark.parametrize("hooks", sorted(PORT_HOOKS))

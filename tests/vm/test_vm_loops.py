@@ -13,13 +13,21 @@ traffic we sent, where the host tier (6.18, raw tracepoints) can only
 reconstruct them.
 
 Under TCG emulation every bcc compile costs 10-40 s (drops + forward + fdb +
-decide here), so brtrace is started once: one lab, one reflecting tap, one
-bounded burst of each kind of traffic, and each test asserts on its own part
-of that one JSON output.
+decide here), so brtrace is started once per lab, and each test asserts on its
+own part of that one JSON output. Two labs, two brtrace runs:
 
-The lab (tracer.lab.Lab, STP off) is the host tier's test_reflecting_vpn_tap:
-host 1 is "the VM", host 2 "the gateway", and a tinc-like tap whose reader
-writes every frame straight back.
+- `run`: the host tier's test_reflecting_vpn_tap (tracer.lab.Lab, STP off):
+  host 1 is "the VM", host 2 "the gateway", and a tinc-like tap whose reader
+  writes every frame straight back; one bounded burst of each kind of
+  traffic. The VM's broadcasts are distinct (numbered) frames, as a real VM's
+  are: byte-identical ones entering the VM's port again after a reflection
+  are taken for the host repeating itself only HOST_REPEATS_MAX (8) times.
+  The gateway sends one frame G times (a gratuitous-ARP burst): its repeats
+  are host repeats, never copies.
+- `storm`: the host tier's test_two_bridges_cabled_twice (started-late): a
+  peer bridge joined by two veth links, STP off, one broadcast seeded, and
+  the storm already running when brtrace starts (its compile under TCG is
+  the "seconds into the storm").
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ PREFIX = f"brtv{os.getpid() % 1000}l"
 MAC_BASE = "02:b7:03:00:00"             # apart from test_vm_drops.py's 02:b7:01/02
 START_TIMEOUT = 180.0                   # compile+attach of 4 hook groups under TCG
 CMD_TIMEOUT = 60.0
-E, K, U = 12, 15, 9                     # bridge's own broadcasts, VM broadcasts, gw -> VM
+# bridge's own broadcasts, VM broadcasts (numbered), gw GARP burst (one frame
+# G times), gw -> VM unicasts
+E, K, G, U = 12, 15, 5, 9
+SEQ = 14                                # the VM's frame number: first payload byte
 KPROBE_FORWARD = "kprobe:br_forward+br_flood+br_pass_frame_up"
 
 
@@ -54,7 +65,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Build the lab with its reflecting tap, run one `brtrace loops` across
-    the three bursts, and hand back (lab, tap, stopped brtrace)."""
+    the four bursts, and hand back (lab, tap, stopped brtrace)."""
     # No udev in the guest: /dev/net/tun appears only once tun is loaded.
     sh("modprobe", "tun")
     sh("modprobe", "bridge")
@@ -79,9 +90,15 @@ def run(tmp_path_factory):
         # The bridge itself broadcasts (as its own ARP would): each comes back on the tap.
         send_frames(lab.bridge_ns, lab.bridge, ether(BROADCAST, lab.bridge_mac, ETH_P_LAB, b"own"),
                     E, interval=0.02)
-        # The VM broadcasts: each is reflected, so its MAC jumps vnet0 -> tap -> vnet0 ...
-        send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"vm"), K,
-                    interval=0.05)
+        # The gateway repeats one broadcast G times (a gratuitous-ARP burst):
+        # each is reflected, and the repeats entering its port are the host
+        # repeating itself.
+        send_frames(gw.netns, gw.ifname, ether(BROADCAST, gw.mac, ETH_P_LAB, b"garp"), G,
+                    interval=0.02)
+        # The VM broadcasts (distinct frames, as a VM's are): each is
+        # reflected, so its MAC jumps vnet0 -> tap -> vnet0 ...
+        send_frames(vm.netns, vm.ifname, ether(BROADCAST, vm.mac, ETH_P_LAB, b"\0" * 4 + b"vm"), K,
+                    interval=0.05, seq_offset=SEQ)
         time.sleep(0.3)
         # Now the FDB has the VM behind the tap: the gateway's frames for it go
         # out of the tap, come back in on it, and br_forward() refuses to send
@@ -127,10 +144,23 @@ def test_own_address_echo_on_the_tap(run):
 
 def test_tap_is_a_reflecting_port(run):
     lab, tap, t = run
+    vm, gw = lab.host(1), lab.host(2)
     loop = only(t.findings("l2_loop"))
     assert loop["ports"] == [tap.name] and loop["evidence"]["kind"] == "reflecting_port", loop
-    assert loop["evidence"]["per_port"][tap.name]["returned"] == E + K, loop
-    assert t.ports()[lab.host(1).port]["returns"] == 0
+    assert loop["culprit_ports"] == [tap.name], loop
+    # Every broadcast the bridge sent out of the tap came back (E + G + K),
+    # each a return: nothing entered the tap that the bridge had not sent there.
+    per_port = loop["evidence"]["per_port"][tap.name]
+    assert (per_port["returned"], per_port["reentered"]) == (E + G + K, 0), loop
+    assert "ip link set " + tap.name + " nomaster" in loop["hint"], loop
+    counters = t.ports()
+    # The VM's numbered broadcasts are new frames each time: nothing comes
+    # back on its port, and none is a repeat.
+    assert counters[vm.port]["returns"] + counters[vm.port]["reentries"] == 0, counters[vm.port]
+    assert counters[vm.port]["host_repeats"] == 0, counters[vm.port]
+    # The gateway's burst: G - 1 repeats of its own frame, no copies.
+    assert counters[gw.port]["host_repeats"] == G - 1, counters[gw.port]
+    assert counters[gw.port]["returns"] + counters[gw.port]["reentries"] == 0, counters[gw.port]
 
 
 def test_not_forwarded_on_the_tap_is_exact(run):
@@ -150,14 +180,20 @@ def test_decisions_per_ingress_port(run):
     vm, gw = lab.host(1), lab.host(2)
     counters = t.ports()
     assert counters[tap.name]["decided_same_port"] == U, counters[tap.name]
-    assert counters[vm.port]["decided_flood"] >= K, counters[vm.port]
-    # Every broadcast the tap reflected (the bridge's E, the VM's K) is flooded again.
-    assert counters[tap.name]["decided_flood"] == E + K, counters[tap.name]
+    # Each broadcast is flooded once where it was sent: the VM's K, the
+    # gateway's G (its repeats too: the bridge floods what the host sends).
+    assert counters[vm.port]["decided_flood"] == K, counters[vm.port]
+    assert counters[gw.port]["decided_flood"] == G, counters[gw.port]
+    # Every broadcast the tap reflected (the bridge's E, the gateway's G, the
+    # VM's K) is flooded again.
+    assert counters[tap.name]["decided_flood"] == E + G + K, counters[tap.name]
     # Only the reflected frames are refused; nothing else is sent back or blocked.
     assert counters[vm.port]["decided_same_port"] == counters[gw.port]["decided_same_port"] == 0
     assert all(c.get("decided_not_forwarding", 0) == 0 for c in counters.values()), counters
-    # The gateway's unicasts were forwarded (to the tap, where the FDB had the VM).
-    assert counters[gw.port]["decided_forward"] >= U, counters[gw.port]
+    # The gateway's unicasts were forwarded (to the tap, where the FDB had
+    # the VM), and nothing else was: every other frame was a broadcast.
+    assert counters[gw.port]["decided_forward"] == U, counters[gw.port]
+    assert counters[vm.port]["decided_forward"] == counters[tap.name]["decided_forward"] == 0
 
 
 def test_vm_mac_flaps_between_its_port_and_the_tap(run):
@@ -170,15 +206,17 @@ def test_vm_mac_flaps_between_its_port_and_the_tap(run):
     assert vm_flap[0]["evidence"]["moves"] >= K
     # Every finding names the tap; only a flap also names a MAC's real home.
     assert all(tap.name in f["ports"] for f in t.findings()), t.findings()
+    assert all(f["ports"] == [tap.name] for f in t.findings() if f["type"] != "mac_flap"), \
+        t.findings()
     homes = {f["evidence"]["mac"]: sorted(f["ports"]) for f in flaps}
     assert homes == {vm.mac: sorted([vm.port, tap.name]), gw.mac: sorted([gw.port, tap.name])}
 
 
 def test_reflector_and_events_accounted(run):
-    """The tap's reader sent back every frame the bridge gave it (E + K + U),
+    """The tap's reader sent back every frame the bridge gave it (E + G + K + U),
     and no record was lost on the way to brtrace."""
     _lab, tap, t = run
-    assert tap.reflected == E + K + U
+    assert tap.reflected == E + G + K + U
     stats = only(t.kind("summary"))["stats"]
     assert stats["events_lost"] == 0 and stats["bad_records"] == 0, stats
 
@@ -187,3 +225,101 @@ def test_brtrace_attaches_within_bound(run):
     _lab, _tap, t = run
     print(f"brtrace loops attached in {t.startup:.1f} s")
     assert t.startup < START_TIMEOUT
+
+
+# ---------------------------------------------------------------- the storm
+# The steady-state two-link loop, started before brtrace: its own lab (and
+# PREFIX, MACs), one more brtrace run.
+
+STORM_PREFIX = f"brtv{os.getpid() % 1000}s"
+STORM_MAC_BASE = "02:b7:04:00:00"       # apart from the reflector lab's 02:b7:03
+STORM_START_TIMEOUT = 150.0             # brtrace's compile, slower with the storm on a vCPU
+# The loop's watchdog (deletes a link after `hold` s, a bound if we never
+# get to break_loop()): past the lead-in, brtrace's start and the watch.
+STORM_LEAD_S, STORM_WATCH_S = 2.0, 5.0
+STORM_HOLD = STORM_LEAD_S + STORM_START_TIMEOUT + STORM_WATCH_S + 15.0
+INTERVAL = 0.5
+
+
+def rx_packets(lab: Lab, port: str) -> int:
+    return lab.link_stats(lab.bridge_ns, port)["rx_packets"]
+
+
+@pytest.fixture(scope="module")
+def storm(tmp_path_factory):
+    """Two bridges cabled twice, STP off, one broadcast going round both ways
+    for ever; brtrace started once the storm runs, stopped after the loop is
+    broken. Hands back (lab, link ports, stopped brtrace)."""
+    lab = Lab(prefix=STORM_PREFIX, hosts=1, mac_base=STORM_MAC_BASE)
+    tracer = None
+    try:
+        lab.build()
+        loop = lab.add_peer_bridge_loop(links=2, stp=False, hold=STORM_HOLD)
+        links = sorted(p for p, _peer in loop.links)
+        h1 = lab.host(1)
+        send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1)
+        time.sleep(STORM_LEAD_S)
+        before = {p: rx_packets(lab, p) for p in links}
+        time.sleep(0.2)
+        running = {p: rx_packets(lab, p) - before[p] for p in links}
+        assert all(n > 0 for n in running.values()), f"no storm before brtrace: {running}"
+        tracer = Tracer(tmp_path_factory.mktemp("brtvs"), "loops", "--bridge", lab.bridge,
+                        "--netns", lab.bridge_ns, "--interval", str(INTERVAL), "--duration", "300",
+                        start_timeout=STORM_START_TIMEOUT)
+        time.sleep(STORM_WATCH_S)
+        # The storm must still run: the watchdog had not ended it.
+        assert loop.watchdog is not None and loop.watchdog.poll() is None, \
+            f"the loop's watchdog fired (hold {STORM_HOLD} s) before brtrace watched it"
+        assert not loop.broken
+        lab.break_loop()        # bounded: the test ends the storm itself
+        tracer.stop(settle=1.2, timeout=CMD_TIMEOUT)
+        yield lab, links, tracer
+    finally:
+        if tracer is not None and tracer.proc.poll() is None:
+            tracer.kill()
+        lab.cleanup()
+
+
+def verdicts(t) -> list:
+    """Per interval (`findings_now`): the l2_loop verdicts as (kind, ports, culprit_ports)."""
+    return [(r["at_s"], [(f["verdict"], tuple(f["ports"]), tuple(f["culprit_ports"] or ()))
+                         for f in r["findings"] if f["type"] == "l2_loop"])
+            for r in t.kind("findings_now")]
+
+
+def test_storm_started_before_brtrace_is_a_loop_between_the_links(storm):
+    lab, links, t = storm
+    want = ("loop_between_ports", tuple(links), tuple(links))
+    final = only(t.findings("l2_loop"))
+    assert (final["evidence"]["kind"], final["ports"], final["culprit_ports"]) == \
+        ("loop_between_ports", links, links), final
+    assert set(final["evidence"]["per_port"]) == set(links), final
+    # Every interval that had a verdict had this one, and some did.
+    per_interval = verdicts(t)
+    assert per_interval, "no findings_now records"
+    seen = [(at, v) for at, v in per_interval if v]
+    assert seen, per_interval
+    assert all(v == [want] for _at, v in seen), seen
+    # No other port is ever named: not the host's, not the bridge.
+    assert {p for f in t.findings("l2_loop") for p in f["ports"] + f["culprit_ports"]} == set(links)
+    print(f"storm: {final['evidence']['frames_back']} copies back, "
+          f"{final['evidence']['copies_per_frame']} per frame, verdict in "
+          f"{len(seen)}/{len(per_interval)} intervals, brtrace attached in {t.startup:.1f} s; "
+          f"per port {final['evidence']['per_port']}")
+
+
+def test_storm_decisions_in_kprobe_mode(storm):
+    """The kprobes see the bridge flood the circulating broadcast from both
+    links, and nothing refused; the host sent nothing while brtrace ran."""
+    lab, links, t = storm
+    s = only(t.kind("summary"))
+    assert s["mode"] == "kprobe" and s["probes"]["forward"] == KPROBE_FORWARD, s
+    assert t.proc.returncode == 0, t.stderr
+    counters = t.ports()
+    for p in links:
+        assert counters[p]["decided_flood"] > 0, (p, counters[p])
+        assert counters[p]["decided_same_port"] == counters[p]["decided_forward"] == 0, counters[p]
+    assert all(c.get("decided_not_forwarding", 0) == 0 for c in counters.values()), counters
+    host = counters[lab.host(1).port]
+    assert host["decided_flood"] == host["decided_forward"] == 0, host
+    assert host["returns"] + host["reentries"] + host["host_repeats"] == 0, host
