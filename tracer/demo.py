@@ -304,8 +304,8 @@ def _symptoms(mesh, kmsg: "_Kmsg", arp: _ArpWatch, tables: dict) -> None:
     taps = {n.tap for n in mesh.nodes}
     _say("the incident's other symptoms, seen during this run:")
     lines = kmsg.new_lines()
-    own = [l for l in lines if "with own address as source address" in l
-           and (any(f"on {t} " in l for t in taps) or any(m in l for m in macs))]
+    own = [line for line in lines if "with own address as source address" in line
+           and (any(f"on {t} " in line for t in taps) or any(m in line for m in macs))]
     if kmsg.error:
         _say(f"  kernel log: /dev/kmsg unreadable ({kmsg.error}): not checked")
     elif own:
@@ -333,8 +333,8 @@ def _symptoms(mesh, kmsg: "_Kmsg", arp: _ArpWatch, tables: dict) -> None:
         else:
             _say(f"  VM {i} ({vm.netns}) has no entry for gateway {GATEWAY_IP} (it does not use it); "
                  f"`ip -n {vm.netns} neigh show` now:")
-        for l in tables.get(i) or ["(empty)"]:
-            _say(f"    {l}")
+        for entry in tables.get(i) or ["(empty)"]:
+            _say(f"    {entry}")
 
 
 if __name__ == "__main__":

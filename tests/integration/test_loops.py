@@ -8,7 +8,6 @@ import pytest
 
 from fingerprint import flood_slot
 from harness import READS
-from tracer import abi
 from tracer.bench import Frames
 from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
 

@@ -22,21 +22,21 @@ HARNESS = r"""
 #include "fingerprint.bpf.h"
 int main(void)
 {
-	char hex[512];
-	while (scanf("%%511s", hex) == 1) {
-		unsigned char frame[256] = {0};
-		size_t n = strlen(hex) / 2;
-		for (size_t i = 0; i < n; i++)
-			sscanf(hex + 2 * i, "%%2hhx", &frame[i]);
-		__u64 w[FINGERPRINT_BYTES / 8] = {0};
-		memcpy(w, frame, FINGERPRINT_BYTES);   /* what follows a short frame: zeroes here */
-		memset(frame + n, 0xa5, sizeof(frame) - n);
-		__u64 junk[FINGERPRINT_BYTES / 8];
-		memcpy(junk, frame, FINGERPRINT_BYTES); /* and here whatever the buffer holds */
-		printf("%%llx %%llx\n", (unsigned long long)fingerprint(w, n),
-		       (unsigned long long)fingerprint(junk, n));
-	}
-	return 0;
+    char hex[512];
+    while (scanf("%%511s", hex) == 1) {
+        unsigned char frame[256] = {0};
+        size_t n = strlen(hex) / 2;
+        for (size_t i = 0; i < n; i++)
+            sscanf(hex + 2 * i, "%%2hhx", &frame[i]);
+        __u64 w[FINGERPRINT_BYTES / 8] = {0};
+        memcpy(w, frame, FINGERPRINT_BYTES);   /* what follows a short frame: zeroes here */
+        memset(frame + n, 0xa5, sizeof(frame) - n);
+        __u64 junk[FINGERPRINT_BYTES / 8];
+        memcpy(junk, frame, FINGERPRINT_BYTES); /* and here whatever the buffer holds */
+        printf("%%llx %%llx\n", (unsigned long long)fingerprint(w, n),
+               (unsigned long long)fingerprint(junk, n));
+    }
+    return 0;
 }
 """
 
