@@ -64,6 +64,7 @@ class Inputs:
     drop_rows: list = field(default_factory=list)
     ns_prefix: str = ""       # "ip netns exec NS " when the bridge lives in a namespace
     labels: dict = field(default_factory=dict)   # port -> who holds it ("vpn tincd (pid 42)")
+    onward: dict = field(default_factory=dict)   # veth port -> its other end is a switch's port
     jiffy_ms: float = 4.0     # the kernel tick: unit of the loop records' round trips
     started_ns: int = 0       # the run's start on the kernel's monotonic clock
 
@@ -184,6 +185,26 @@ def loop_evidence(inp: Inputs, ports: dict) -> dict:
     return evidence
 
 
+# Device kinds that are not a guest's end: uplinks and tunnels to other switches.
+_HOST_KINDS = ("veth", "tun")
+
+
+def leads_on(inp: Inputs, port: str) -> bool:
+    """Can frames sent out of `port` reach another switch, and so come back by
+    another way? A VPN tap, a veth whose other end is a bridge's port, a NIC,
+    a bond or a tunnel can; a guest (a VM's tap, a veth into a namespace of
+    its own) cannot, unless the guest bridges, which brtrace does not see."""
+    label = inp.labels.get(port, "")
+    if label.startswith("vpn"):
+        return True
+    if label.startswith("vm") or port == inp.bridge.name:
+        return False
+    kind = next((p.kind for p in inp.bridge.ports.values() if p.name == port), None)
+    if kind == "veth":
+        return bool(inp.onward.get(port))
+    return kind is not None and kind not in _HOST_KINDS
+
+
 def _who(inp: Inputs, port: str) -> str:
     return f"{port} ({inp.labels[port]})" if inp.labels.get(port) else port
 
@@ -217,6 +238,30 @@ def l2_loop(inp: Inputs) -> list:
             {**evidence, "kind": "loop_between_ports"}, active=active, culprit_ports=names)]
     (port, values), = ports.items()
     if values.get("reentries", 0) > values.get("returns", 0):
+        # Copies keep coming in by one port without being sent back out of it.
+        # From one bridge that is a loop beyond the port, or a loop that runs
+        # one way through this bridge: out of a port that leads on to another
+        # switch (where the storm goes and nothing comes back), round, and in
+        # again here. Only what the other ports lead to tells them apart.
+        back = _copies(values)
+        onward = sorted(p for p, v in st.totals.items()
+                        if p != port and _forwarding(inp, p) and leads_on(inp, p)
+                        and v.get("tx_flooded", 0) >= LOOP_SHARE * back)
+        if onward:
+            names = sorted([port] + onward)
+            out = ", ".join(onward)
+            return [Finding(
+                "l2_loop", inp.bridge.name, names, "critical",
+                f"layer-2 loop through {out} and {port}: the bridge floods frames out of {out}, "
+                f"which leads on to another switch, and they come back in by {port} ({back} "
+                f"copies{took}, {evidence['copies_per_frame']:g} per frame; one way: nothing comes "
+                f"back by {out})",
+                f"enable STP on every bridge of the loop (`{ns}ip link set {inp.bridge.name} type "
+                f"bridge stp_state 1`) or unplug one of these links (`{ns}ip link set {port} "
+                f"nomaster`); if the storm goes on after {out} is taken out, the loop lies "
+                f"beyond {port} instead",
+                {**evidence, "kind": "loop_between_ports", "one_way": {"out": onward, "in": port}},
+                active=active, culprit_ports=names)]
         peers = ", ".join(evidence["top_sources"]) or "none sampled"
         return [Finding(
             "l2_loop", inp.bridge.name, [port], "critical",

@@ -144,7 +144,7 @@ class Monitor:
         ns = f"ip netns exec {run.netns.name} " if run.netns.name else ""
         found = diagnose(Inputs(bridge=run.bridge, state=self.bridge_state, seconds=run.elapsed(),
                                 drop_rows=self.rows() if rows is None else rows, ns_prefix=ns,
-                                labels=run.labels, jiffy_ms=self.jiffy_ms,
+                                labels=run.labels, onward=run.onward, jiffy_ms=self.jiffy_ms,
                                 started_ns=int(run.started * 1e9)))
         for f in found:
             f.identities = {p: run.labels[p] for p in f.ports if run.labels.get(p)}

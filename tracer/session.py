@@ -110,6 +110,7 @@ class BridgeRun:
         self.fdb_now: list = []
         self.fdb_skipped = False       # the FDB grew too large to dump
         self.labels: dict = {}         # port name -> "vm web01", "vpn tincd", ...
+        self.onward: dict = {}         # veth port name -> its other end is a switch's port
         self._identity_shape: set = set()
         self._fdb_at: float | None = None
         self.started = time.monotonic()
@@ -189,6 +190,7 @@ class BridgeRun:
         shape = {(p.ifindex, p.name, p.kind, p.operstate) for p in self.bridge.ports.values()}
         if shape != self._identity_shape:
             self.labels.update(identify(self.bridge.ports.values()))
+            self.onward.update(self.topo.onward_veths(self.bridge))
             self._identity_shape = shape
         self._maybe_dump_fdb()
         # The bridge's own addresses: its MAC and its ports' (the kernel's local

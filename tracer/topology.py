@@ -147,6 +147,57 @@ class Topology:
     def __exit__(self, *exc):
         self.close()
 
+    def onward_veths(self, bridge: Bridge) -> dict:
+        """Veth port name -> whether its other end is itself enslaved (a port
+        of another bridge, a bond): a link onward to another switch, which can
+        close a loop, where a veth to a guest or container cannot. None when
+        the other end lives in a namespace without an `ip netns` name."""
+        NetlinkError = _pyroute2()[1]
+        veths = [p for p in bridge.ports.values() if p.kind == "veth"]
+        if not veths:
+            return {}
+        try:
+            links = {link["index"]: link for link in self._ipr.get_links()}
+        except NetlinkError:
+            return {}
+        out, others = {}, {}
+        for p in veths:
+            link = links.get(p.ifindex)
+            if link is None or link.get("IFLA_LINK") is None:
+                continue
+            nsid = link.get("IFLA_LINK_NETNSID")
+            if nsid is None:       # both ends in this namespace
+                peer = links.get(link.get("IFLA_LINK"))
+                out[p.name] = bool(peer and peer.get("IFLA_MASTER"))
+            else:
+                others.setdefault(nsid, []).append((p.name, link.get("IFLA_LINK")))
+        for nsid, ends in others.items():
+            path = self._netns_of_nsid(nsid)
+            for name, peer_index in ends:
+                out[name] = None if path is None else _enslaved(path, peer_index)
+        return out
+
+    def _netns_of_nsid(self, nsid: int) -> str | None:
+        """The /run/netns path this namespace knows by `nsid`."""
+        try:
+            names = os.listdir(NETNS_DIR)
+        except OSError:
+            return None
+        for name in names:
+            path = os.path.join(NETNS_DIR, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                if self._ipr.get_netnsid(fd=fd).get("nsid") == nsid:
+                    return path
+            except (_pyroute2()[1], OSError):
+                continue
+            finally:
+                os.close(fd)
+        return None
+
     def bridge(self, name: str) -> Bridge:
         """The bridge `name` with its current ports; UsageError if it is missing
         or is not a bridge."""
@@ -241,6 +292,17 @@ def _dropped(link) -> dict:
     if stats is None:
         return {}
     return {"rx_dropped": stats.get("rx_dropped") or 0, "tx_dropped": stats.get("tx_dropped") or 0}
+
+
+def _enslaved(netns_path: str, ifindex: int) -> bool | None:
+    """Whether device `ifindex` of that namespace has a master."""
+    IPRoute, NetlinkError = _pyroute2()
+    try:
+        with IPRoute(netns=netns_path, flags=0) as ipr:
+            links = ipr.get_links(ifindex)
+    except (OSError, NetlinkError):
+        return None
+    return bool(links and links[0].get("IFLA_MASTER"))
 
 
 def _kind(link) -> str:

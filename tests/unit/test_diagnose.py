@@ -291,3 +291,28 @@ def test_mac_flap_names_where_the_mac_lives_and_where_it_is_wrongly_learned():
     # Without a loop port among them, nothing is claimed.
     (g,) = [f for f in run(state([{}, {}], moves)) if f.type == "mac_flap"]
     assert g.evidence["lives_on"] is None and "lives behind" not in g.message
+
+
+def test_one_way_loop_through_this_bridge_versus_a_loop_beyond_a_port():
+    """Copies come in only by l1 and are never sent back out there. Where the
+    bridge floods them out of a port that leads on to another switch (a VPN
+    tap, a veth whose other end is a bridge's port) and nothing comes back by
+    it, the loop runs one way through this bridge; where the other ports lead
+    only to guests, the loop lies beyond l1."""
+    counts = {"l1": {"reentries": 2000, "returns": 10}, "t3o": {"tx_flooded": 2100},
+              "vnet0": {"tx_flooded": 2100}, "l2": {"tx_flooded": 2100}}
+
+    def verdict(labels=None, onward=None):
+        found = diagnose(Inputs(bridge=bridge(), state=state([{}, counts]), seconds=10.0,
+                                labels=labels or {}, onward=onward or {}))
+        (f,) = [f for f in found if f.type == "l2_loop"]
+        return f.evidence["kind"], f.ports, f.culprit_ports, f.evidence.get("one_way")
+
+    assert verdict() == ("loop_beyond_port", ["l1"], [], None)
+    assert verdict(labels={"t3o": "vpn tincd", "vnet0": "vm web01"}) == (
+        "loop_between_ports", ["l1", "t3o"], ["l1", "t3o"], {"out": ["t3o"], "in": "l1"})
+    assert verdict(onward={"l2": True, "vnet0": False}) == (
+        "loop_between_ports", ["l1", "l2"], ["l1", "l2"], {"out": ["l2"], "in": "l1"})
+    # A port the storm hardly reaches is not where it goes out.
+    counts["l2"]["tx_flooded"] = 100
+    assert verdict(onward={"l2": True})[0] == "loop_beyond_port"
