@@ -1,9 +1,6 @@
 """The userspace half of a run: reads the kernel maps each interval, decodes
 ring-buffer records as they come, and keeps the aggregated state every view
-renders (drops, loops, and later top and export).
-
-`drive()` is the one run loop: poll events, tick every interval, follow the
-bridge's ports, stop on duration, signal or a vanished bridge.
+renders (drops, loops, neigh, top and export). tracer/runloop.py drives it.
 """
 
 from __future__ import annotations
@@ -16,10 +13,10 @@ from tracer import abi
 from tracer.aggregate import MAX_MACS, BridgeState, DropState
 from tracer.decode import parse_event
 from tracer.diagnose import Inputs, diagnose
-from tracer.errors import BridgeGone
 from tracer.kernel.features import jiffy_ns
 from tracer.report import drop_rows, sample_record
-from tracer.session import BridgeRun, Stopped
+from tracer.runloop import Follow
+from tracer.session import BridgeRun
 from tracer.topology import NETNS_DIR
 
 
@@ -57,12 +54,17 @@ class Monitor:
                 self.bridge_state.add_event(rec, self.port_name)
 
     def note_port_events(self, events: list, emit=None) -> None:
+        """Keep the port events (runloop.port_event_record) and pass each to `emit`."""
         for ev in events:
-            ev = {**ev, "identity": self.run.labels.get(ev["port"], ""),
-                  "at_s": round(self.run.elapsed(), 3)}
             self.port_events.append(ev)
             if emit:
                 emit(ev)
+
+    def follow(self, emit=None, on_event=None) -> Follow:
+        """This monitor as one bridge of the run loop: `emit` gets the JSON
+        form of sampled drops, `on_event` port events."""
+        return Follow(self.run, drain=lambda: self.drain(emit),
+                      refreshed=lambda events: self.note_port_events(events, on_event), tick=self.tick)
 
     def device_name(self, netns_inode: int, ifindex: int) -> str:
         """A device anywhere: its name in the bridge's namespace, else
@@ -185,44 +187,3 @@ def netns_name(inode: int) -> str:
     except OSError:
         pass
     return f"netns:{inode}"
-
-
-# How often the loop looks at netlink for ports that joined or left.
-TOPOLOGY_POLL = 0.2
-
-
-def drive(cfg, run: BridgeRun, monitor: Monitor, on_interval=None, emit=None, on_event=None,
-          on_poll=None, poll_cap: float = TOPOLOGY_POLL):
-    """Run until the duration ends, a signal arrives or `on_poll()` returns
-    False. Returns a BridgeGone error if the bridge vanished (the caller prints
-    the summary first). Link changes (netlink) trigger a topology refresh
-    within `poll_cap` s; counters are folded every cfg.interval. `emit` gets
-    sampled drops, `on_event` port events, `on_poll` is called after every
-    poll of the ring buffer (the live view reads its keyboard there)."""
-    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
-    next_tick = time.monotonic() + cfg.interval
-    try:
-        while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return None
-            wait = min(next_tick, deadline or next_tick, now + poll_cap) - now
-            run.maps.poll(max(1, int(wait * 1000)))
-            monitor.drain(emit)
-            if on_poll is not None and on_poll() is False:
-                return None
-            if run.topo.links_changed():
-                monitor.note_port_events(run.refresh(), on_event)
-            now = time.monotonic()
-            if now >= next_tick:
-                # Never queue up missed ticks after a slow one (a long FDB
-                # dump, a suspended terminal): the next one is an interval on.
-                next_tick = max(next_tick + cfg.interval, now + cfg.interval / 2)
-                monitor.note_port_events(run.refresh(), on_event)
-                monitor.tick()
-                if on_interval:
-                    on_interval()
-    except BridgeGone as exc:
-        return exc
-    except Stopped:
-        return None

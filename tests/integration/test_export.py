@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, start_sender, wait_sender
+from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, send_frames, start_sender, wait_sender
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,8 @@ class Exporter:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         ready = workdir / f"export-ready-{self.port}"
-        self.log = open(workdir / f"export-{self.port}.log", "w+")
+        self.log_path = workdir / f"export-{self.port}.log"
+        self.log = open(self.log_path, "w+")
         argv = [sys.executable, "-m", "tracer.cli", "export", "--netns", lab.bridge_ns,
                 "--listen", f"127.0.0.1:{self.port}", "--interval", str(interval),
                 "--duration", str(duration), "--ready-file", str(ready)]
@@ -103,8 +104,8 @@ class Exporter:
             time.sleep(0.05)
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        """What brtrace export wrote (stdout and stderr), also after stop()."""
+        return self.log_path.read_text()
 
     def scrape_text(self) -> str:
         return http_get(self.url)
@@ -391,6 +392,48 @@ def test_export_reflecting_tap_raises_findings_and_alerts(lab, workdir):
             prom.stop()
         rc = exporter.stop()
     assert rc == 0, exporter.output()
+
+
+def _wait(check, timeout: float, every: float = 0.02):
+    """Poll CHECK until it returns something true; (result, seconds taken)."""
+    t0 = time.monotonic()
+    while True:
+        got = check()
+        if got or time.monotonic() - t0 > timeout:
+            return got, time.monotonic() - t0
+        time.sleep(every)
+
+
+def test_export_follows_ports_between_intervals_and_logs_port_events(lab, workdir):
+    """With --interval 30 nothing is refreshed by the clock during the test,
+    so only the netlink reaction (within 0.2 s) can explain what it sees: a
+    port that joins appears in the metrics within ~0.5 s, its frames counted
+    from the first; ports joining and leaving are logged on stderr, a line
+    each naming the bridge, as the table views print them."""
+    exporter = Exporter(workdir, lab, interval=30)
+    started = time.monotonic()
+    try:
+        h3 = lab.add_host(3)                  # a VM starts: its port joins the bridge
+        joined, took = _wait(lambda: ("brtrace_port_packets_total",
+                                      frozenset({("bridge", lab.bridge), ("port", h3.port), ("direction", "rx")}))
+                             in exporter.scrape(), timeout=3)
+        assert joined, f"{h3.port} not in the metrics 3 s after it joined"
+        assert took < 0.5 + 0.3, f"{h3.port} took {took:.2f} s to appear (netlink reaction is 0.2 s)"
+        send_frames(h3.netns, h3.ifname, ether(BROADCAST, h3.mac, ETH_P_LAB, b"new"), 11)
+        counted, _ = _wait(lambda: value(exporter.scrape(), "brtrace_port_flood_packets_total",
+                                         port=h3.port, type="broadcast") == 11, timeout=2)
+        assert counted, "the new port's broadcasts were not counted from the first"
+        gone = lab.host(2).port
+        lab.ip(lab.bridge_ns, "link", "del", gone)    # another VM stops
+        logged, _ = _wait(lambda: f"port {gone} left the bridge" in exporter.output(), timeout=2)
+        assert logged, exporter.output()
+        assert time.monotonic() - started < 30, "test must finish inside one interval to prove netlink"
+    finally:
+        rc = exporter.stop()
+    assert rc == 0, exporter.output()
+    events = [line for line in exporter.output().splitlines() if line.startswith(f"brtrace export: {lab.bridge}: +")]
+    assert any(line.endswith(f"port {h3.port} joined the bridge") for line in events), events
+    assert any(line.endswith(f"port {gone} left the bridge") for line in events), events
 
 
 @pytest.mark.skipif(not PROMTOOL, reason="promtool not installed (Debian package `prometheus`)")

@@ -1,6 +1,7 @@
-"""What every bridge view shares: attach, run until told to stop, print a
-summary however the run ended (duration, Ctrl-C, SIGTERM, vanished bridge),
-detach. A view supplies three small functions; this module owns the lifecycle."""
+"""What the table/JSON bridge views share (drops, loops, neigh, top without a
+terminal): a View is a few small functions; run_view() runs it through the
+one lifecycle and loop (tracer/runloop.py) and prints the summary however the
+run ended (duration, Ctrl-C, SIGTERM, vanished bridge)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from tracer.config import Config
-from tracer.errors import BridgeGone
-from tracer.monitor import Monitor, drive
+from tracer.monitor import Monitor
 from tracer.output import jsonl
-from tracer.session import BridgeRun, Stopped, stop_on_signals
+from tracer.runloop import attached, last_pass
+from tracer.session import BridgeRun
 
 
 @dataclass(frozen=True)
@@ -66,48 +67,32 @@ def port_event_line(ev: dict) -> str:
     return text
 
 
-def warn_run(run: BridgeRun) -> None:
-    run.kernel.warn()
-    for idx in run.unwatchable:
-        print(f"brtrace: warning: ifindex {idx} is too large to watch", file=sys.stderr)
-    for idx in run.unslotted:
-        print(f"brtrace: warning: port ifindex {idx} has no counter slot (too many ports)", file=sys.stderr)
-
-
 def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
     out = out or sys.stdout
     run = BridgeRun(cfg, view.sources, defines)
-    gone = None
-    with stop_on_signals():
-        try:
-            with run:
-                warn_run(run)
-                monitor = Monitor(run)
-                if not cfg.json:
-                    print(header(run, view.name), file=out, flush=True)
-                emit = (lambda rec: jsonl.emit(rec, out)) if cfg.json and view.stream_samples else None
-                on_event = ((lambda rec: jsonl.emit(rec, out)) if cfg.json
-                            else (lambda rec: print(port_event_line(rec), file=out, flush=True)))
-                each = view.on_interval_json if cfg.json else view.on_interval
-                tick = (lambda: each(cfg, run, monitor, out)) if each else None
-                gone = drive(cfg, run, monitor, tick, emit, on_event)
-                _conclude(view, cfg, run, monitor, out, emit)
-        except Stopped:
-            pass   # a signal during start-up or the summary: nothing more to say
-    if gone is not None:
-        raise gone
+    with attached([run]) as life:
+        monitor = Monitor(run)
+        if not cfg.json:
+            print(header(run, view.name), file=out, flush=True)
+        emit = (lambda rec: jsonl.emit(rec, out)) if cfg.json and view.stream_samples else None
+        follow = monitor.follow(emit, port_event_printer(cfg, out))
+        each = view.on_interval_json if cfg.json else view.on_interval
+        life.loop([follow], cfg, on_interval=(lambda: each(cfg, run, monitor, out)) if each else None)
+        _conclude(view, cfg, follow, monitor, out)
     return 0
 
 
-def _conclude(view, cfg, run, monitor, out, emit) -> None:
+def port_event_printer(cfg: Config, out):
+    """How a view reports port events while it runs: a JSON record, or a line."""
+    if cfg.json:
+        return lambda rec: jsonl.emit(rec, out)
+    return lambda rec: print(port_event_line(rec), file=out, flush=True)
+
+
+def _conclude(view, cfg, follow, monitor, out) -> None:
     """Last read of the kernel maps, then the summary in the chosen format."""
-    run.maps.poll(0)      # deliver what is still in the ring buffer
-    monitor.drain(emit)
-    try:
-        monitor.note_port_events(run.refresh())   # fresh interface counters for the summary
-    except BridgeGone:
-        pass                 # the summary uses the last look at the bridge
-    monitor.tick()
+    last_pass([follow])
+    run = follow.run
     rows = monitor.rows()
     findings = monitor.findings(rows)
     if cfg.json:

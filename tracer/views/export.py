@@ -1,7 +1,8 @@
 """`brtrace export`: a Prometheus endpoint for one or more bridges.
 
 Counters are read from the kernel maps at scrape time (nothing is cleared);
-the topology and findings are refreshed every interval by the main loop.
+the run loop (tracer/runloop.py) follows each bridge's ports within 0.2 s of
+a link change, logs port events on stderr, and refreshes findings every interval.
 Listens on loopback unless told otherwise.
 """
 
@@ -10,18 +11,18 @@ from __future__ import annotations
 import ipaddress
 import sys
 import threading
-import time
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from tracer.config import Config
-from tracer.errors import BridgeGone, UsageError
+from tracer.errors import UsageError
 from tracer.monitor import Monitor
 from tracer.output.prometheus import BridgeSnapshot, BrtraceCollector
 from tracer.report import base_function
-from tracer.session import BridgeRun, Stopped, stop_on_signals, write_ready_file
-from tracer.views.base import warn_run
+from tracer.runloop import Follow, attached
+from tracer.session import BridgeRun, write_ready_file
+from tracer.views.base import port_event_line
 
 SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c", "neigh.bpf.c")
 
@@ -70,67 +71,46 @@ def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
     host, port = parse_listen(listen)
     runs = [BridgeRun(replace(cfg, bridge=b, ready_file=None), SOURCES) for b in bridges]
     lock = threading.Lock()
-    monitors: list = []
-    gone = None
-    with stop_on_signals():
+    with attached(runs) as life:
+        monitors = [Monitor(run) for run in runs]
+        for m in monitors:
+            m.last_findings = []
+
+        def source():
+            with lock:
+                return [bridge_snapshot(m.run, m) for m in monitors]
+
+        registry = CollectorRegistry()
+        registry.register(BrtraceCollector(source))
         try:
-            for run in runs:
-                run.open()
-                warn_run(run)
-                m = Monitor(run)
-                m.last_findings = []
-                monitors.append(m)
-
-            def source():
-                with lock:
-                    return [bridge_snapshot(r, m) for r, m in zip(runs, monitors)]
-
-            registry = CollectorRegistry()
-            registry.register(BrtraceCollector(source))
-            try:
-                server, thread = start_http_server(port, addr=host, registry=registry)
-            except OSError as exc:
-                raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}",
-                                 "pick a free port with --listen ADDRESS:PORT") from exc
+            server, _thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}",
+                             "pick a free port with --listen ADDRESS:PORT") from exc
+        try:
             print(f"brtrace export: serving {', '.join(bridges)} on http://{listen}/metrics", file=out, flush=True)
             if not ipaddress.ip_address(host).is_loopback:
                 print(f"brtrace export: note: {host} is not loopback; the metrics are reachable "
                       "from the network", file=out, flush=True)
             if cfg.ready_file:
                 write_ready_file(cfg.ready_file)
-            gone = _loop(cfg, runs, monitors, lock)
-            server.shutdown()
-        except Stopped:
-            pass
+            life.loop([_follow(m, out) for m in monitors], cfg, lock=lock)
         finally:
-            for run in runs:
-                run.close()
-    if gone is not None:
-        raise gone
+            server.shutdown()
     return 0
 
 
-def _loop(cfg, runs, monitors, lock):
-    """Keep draining the ring buffers (so records do not pile up between
-    refreshes), refresh topology and findings every interval."""
-    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
-    next_tick = time.monotonic() + cfg.interval
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            for run, m in zip(runs, monitors):
-                run.maps.poll(max(1, 100 // len(runs)))
-                with lock:
-                    m.drain()
-            if time.monotonic() < next_tick:
-                continue
-            next_tick += cfg.interval
-            with lock:
-                for run, m in zip(runs, monitors):
-                    run.refresh()
-                    m.tick()
-                    m.last_findings = m.findings()
-    except BridgeGone as exc:
-        return exc
-    except Stopped:
-        return None
-    return None
+def _follow(monitor: Monitor, out) -> Follow:
+    """One exported bridge in the run loop. Port events are logged, a line
+    each on stderr naming the bridge (the journal, under systemd): as metrics
+    they would need a port label that grows with every tap that ever came and
+    went, and would lose the order and the detail (learned MACs flushed)."""
+    bridge = monitor.run.bridge.name
+    follow = monitor.follow(on_event=lambda ev: print(f"brtrace export: {bridge}: {port_event_line(ev)}",
+                                                      file=out, flush=True))
+
+    def tick():
+        monitor.tick()
+        monitor.last_findings = monitor.findings()
+    follow.tick = tick
+    return follow

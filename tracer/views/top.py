@@ -19,10 +19,11 @@ import sys
 import time
 
 from tracer.config import Config
-from tracer.monitor import Monitor, drive
+from tracer.monitor import Monitor
 from tracer.output.top import TopState, apply_key, build_state, cut, line_style, plain, render, with_data
-from tracer.session import BridgeRun, Stopped, stop_on_signals
-from tracer.views.base import View, run_view, warn_run
+from tracer.runloop import Follow, Life, attached, last_pass
+from tracer.session import BridgeRun, Stopped
+from tracer.views.base import View, run_view
 from tracer.views.loops import port_records
 
 SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
@@ -129,10 +130,10 @@ class _Screen:
                 yield _KEYS[ch]
 
 
-def _loop(scr, cfg: Config, run: BridgeRun, monitor: Monitor):
-    """Until q, the duration, a signal (Stopped) or a vanished bridge (the
-    BridgeGone is returned). monitor.drive() runs the loop; this only reads
-    the keyboard after each poll and redraws."""
+def _loop(scr, cfg: Config, life: Life, follow: Follow, monitor: Monitor) -> None:
+    """Until q, the duration, a signal or a vanished bridge: the run loop
+    (tracer/runloop.py) runs it; this only reads the keyboard after each poll
+    and redraws."""
     screen = _Screen(scr)
     live = {"view": top_state(monitor)}
     screen.draw(live["view"])
@@ -159,7 +160,7 @@ def _loop(scr, cfg: Config, run: BridgeRun, monitor: Monitor):
             live["view"] = with_data(live["view"], top_state(monitor))
             screen.draw(live["view"])
 
-    return drive(cfg, run, monitor, on_interval, on_poll=on_poll, poll_cap=KEY_POLL_MS / 1000)
+    life.loop([follow], cfg, on_interval=on_interval, on_poll=on_poll, poll_cap=KEY_POLL_MS / 1000)
 
 
 def _run_curses(cfg: Config, out) -> int:
@@ -169,29 +170,21 @@ def _run_curses(cfg: Config, out) -> int:
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
     run = BridgeRun(cfg, SOURCES)
-    gone = None
-    with stop_on_signals():
+    with attached([run]) as life:
+        monitor = Monitor(run)
+        follow = monitor.follow()        # port events: the screen shows the ports as they are
         try:
-            with run:
-                warn_run(run)
-                monitor = Monitor(run)
-                try:
-                    gone = curses.wrapper(_loop, cfg, run, monitor)   # endwin() however it ends
-                except Stopped:
-                    pass
-                _summary(cfg, run, monitor, out)
+            curses.wrapper(_loop, cfg, life, follow, monitor)   # endwin() however it ends
         except Stopped:
             pass
-    if gone is not None:
-        raise gone
+        _summary(cfg, follow, monitor, out)
     return 0
 
 
-def _summary(cfg, run, monitor, out) -> None:
+def _summary(cfg, follow, monitor, out) -> None:
     """After the full screen: the final numbers, as `brtrace loops` ends."""
-    run.maps.poll(0)      # deliver what is still in the ring buffer
-    monitor.drain()
-    monitor.tick()
+    last_pass([follow])
+    run = follow.run
     state = top_state(monitor)
     width = min(200, max(40, shutil.get_terminal_size((cfg.width, 24)).columns))
     print(f"brtrace top: {run.elapsed():.1f} s on {run.bridge.name}", file=out)

@@ -17,21 +17,23 @@ from typing import Optional
 
 from tracer.config import Config
 from tracer.decode import ETHERTYPES, decode_frame
-from tracer.errors import BridgeGone, UsageError
+from tracer.errors import UsageError
 from tracer.journey import Journeys
 from tracer.output import jsonl
 from tracer.output.pcapng import INBOUND, OUTBOUND, PcapngWriter, with_vlan_tag
 from tracer.report import base_function
 from tracer.runtime import require_root
-from tracer.session import BridgeRun, Stopped, stop_on_signals
+from tracer.runloop import Follow, attached, last_pass
+from tracer.session import BridgeRun
 from tracer.topology import Topology, resolve_netns
 from tracer.trace_abi import SNAP_MAX, ip_filter, mac_filter, parse_trace_event
-from tracer.views.base import port_event_line, warn_run
+from tracer.views.base import port_event_printer
 
 SOURCE = "trace.bpf.c"
 
 DEFAULT_SNAPLEN = 96
 DEFAULT_RATE = 1000          # recorded steps per second and CPU
+POLL_CAP = 0.1               # longest wait for the kernel before finishing quiet journeys
 STEP_DIRECTION = {"entered": INBOUND, "delivered": INBOUND, "left": OUTBOUND, "originated": OUTBOUND}
 
 
@@ -115,7 +117,8 @@ class Tracer:
     """Records -> steps -> output lines, journey records and pcapng blocks."""
 
     def __init__(self, cfg: Config, run: BridgeRun, count, out, pcap: Optional[PcapngWriter]):
-        self.cfg, self.run, self.out, self.pcap = cfg, run, out, pcap
+        self.cfg, self.run, self.out, self.pcap, self.count = cfg, run, out, pcap, count
+        self.on_event = port_event_printer(cfg, out)
         self.t0_ns = time.monotonic_ns()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC, as time.monotonic_ns() on Linux
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -133,6 +136,23 @@ class Tracer:
         for e in run.fdb():
             if not e.local:
                 self.fdb_ports[e.mac] = run.names.get(e.ifindex) or run.bridge.port_name(e.ifindex)
+
+    # -- in the run loop (tracer/runloop.py) -----------------------------------
+    def follow(self) -> Follow:
+        """The traced bridge in the run loop: records become steps; after
+        every look at the topology, port events are reported and the FDB
+        (for verdicts) is read again."""
+        return Follow(self.run, drain=self.drain, refreshed=self.refreshed)
+
+    def refreshed(self, events: list) -> None:
+        for ev in events:
+            self.on_event(ev)
+        self.refresh_fdb()
+
+    def on_poll(self) -> bool:
+        """After every poll: finish quiet journeys; False once --count is done."""
+        self.show_journeys(self.journeys.expire(time.monotonic_ns()))
+        return not (self.count is not None and self.journeys.started >= self.count and self.journeys.all_done)
 
     # -- per record -------------------------------------------------------------
     def drain(self) -> None:
@@ -241,70 +261,35 @@ def run_trace(cfg: Config, filters: Filters, count: Optional[int] = None, snaple
     defines = {**filters.defines(_port_ifindex(cfg, filters.port)), "SNAPLEN": snaplen,
                "EVENTS_PER_SEC": rate}
     run = BridgeRun(cfg, (SOURCE,), defines)
-    gone = None
     pcap_file = None
-    with stop_on_signals():
-        try:
-            with run:
-                warn_run(run)
-                if pcap_path:
-                    try:
-                        pcap_file = open(pcap_path, "wb")
-                    except OSError as exc:
-                        raise UsageError(f"cannot write {pcap_path}: {exc.strerror}", "pass a writable path") from exc
-                pcap = PcapngWriter(pcap_file, snaplen=max(snaplen, 1) + 4) if pcap_file else None
-                tracer = Tracer(cfg, run, count, out, pcap)
-                run.maps.on_events(tracer.raw.append)
-                if not cfg.json:
-                    ns = f" (netns {run.netns.name})" if run.netns.name else ""
-                    print(f"brtrace trace: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, "
-                          f"filters: {filters.text()}, snaplen {snaplen}"
-                          + (f", pcapng {pcap_path}" if pcap_path else ""), file=out, flush=True)
-                try:
-                    gone = _loop(cfg, run, tracer, count)
-                finally:
-                    run.maps.poll(0)
-                    tracer.drain()
-                    tracer.show_journeys(tracer.journeys.flush())
-                    if pcap is not None:
-                        pcap.flush()
-                _summary(cfg, run, tracer, filters, pcap_path, out)
-        except Stopped:
-            pass
-        finally:
-            if pcap_file is not None:
-                pcap_file.close()
-    if gone is not None:
-        raise gone
-    return 0
-
-
-def _loop(cfg, run, tracer: Tracer, count) -> Optional[BridgeGone]:
-    deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
-    next_refresh = time.monotonic() + cfg.interval
-    on_event = ((lambda rec: jsonl.emit(rec, tracer.out)) if cfg.json
-                else (lambda rec: print(port_event_line(rec), file=tracer.out, flush=True)))
     try:
-        while True:
-            if count is not None and tracer.journeys.started >= count and tracer.journeys.all_done:
-                return None
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return None
-            run.maps.poll(max(1, int(min(0.1, (deadline or now + 1) - now) * 1000)))
-            tracer.drain()
-            tracer.show_journeys(tracer.journeys.expire(time.monotonic_ns()))
-            changed = run.topo.links_changed()
-            if changed or time.monotonic() >= next_refresh:
-                if not changed:
-                    next_refresh += cfg.interval
-                for ev in run.refresh():
-                    on_event({**ev, "at_s": round(run.elapsed(), 3)})
-                tracer.refresh_fdb()
-    except BridgeGone as exc:
-        return exc
-    except Stopped:
-        return None
+        with attached([run]) as life:
+            if pcap_path:
+                try:
+                    pcap_file = open(pcap_path, "wb")
+                except OSError as exc:
+                    raise UsageError(f"cannot write {pcap_path}: {exc.strerror}", "pass a writable path") from exc
+            pcap = PcapngWriter(pcap_file, snaplen=max(snaplen, 1) + 4) if pcap_file else None
+            tracer = Tracer(cfg, run, count, out, pcap)
+            run.maps.on_events(tracer.raw.append)
+            if not cfg.json:
+                ns = f" (netns {run.netns.name})" if run.netns.name else ""
+                print(f"brtrace trace: bridge {run.bridge.name}{ns}, {len(run.bridge.ports)} ports, "
+                      f"filters: {filters.text()}, snaplen {snaplen}"
+                      + (f", pcapng {pcap_path}" if pcap_path else ""), file=out, flush=True)
+            follow = tracer.follow()
+            try:
+                life.loop([follow], cfg, on_poll=tracer.on_poll, poll_cap=POLL_CAP)
+            finally:
+                last_pass([follow])
+                tracer.show_journeys(tracer.journeys.flush())
+                if pcap is not None:
+                    pcap.flush()
+            _summary(cfg, run, tracer, filters, pcap_path, out)
+    finally:
+        if pcap_file is not None:
+            pcap_file.close()
+    return 0
 
 
 def _summary(cfg, run, tracer: Tracer, filters: Filters, pcap_path, out) -> None:
