@@ -144,6 +144,8 @@ def test_slow_loop_through_a_300ms_relay(lab, tracer_factory):
     assert final["evidence"]["kind"] == "loop_between_ports"
     assert final["ports"] == links and final["culprit_ports"] == links
     rtt = final["evidence"]["round_trip_ms"]
+    print(f"\nverdict {final['evidence']['kind']} {final['ports']}: round trip {rtt}, "
+          f"first seen +{final['evidence']['first_seen_s']} s")
     assert 225 <= rtt["median"] <= 375, rtt
     assert named_anywhere(t) == set(links)
 
