@@ -15,6 +15,11 @@
  *   FILTER_MAC    a MAC as its 6 bytes in a little-endian u64; source or destination
  *   FILTER_IP     an IPv4 address as its 4 bytes in a little-endian u32; IPv4
  *                 source or destination, ARP sender or target address
+ *   FILTER_IP6    1: an IPv6 address, as four little-endian u32s FILTER_IP6_W0..3;
+ *                 IPv6 source or destination, or the target of a Neighbor
+ *                 Solicitation or Advertisement (RFC 4861: NDP's ARP)
+ *   FILTER_L4     IPv4 protocol or IPv6 next header (icmp 1, icmpv6 58; IPv6
+ *                 extension headers are not walked)
  *   FILTER_ARP    1: ARP frames only
  *   FILTER_VLAN   VLAN id, accelerated tag or in the frame (802.1Q / 802.1ad outer)
  *   FILTER_PROTO  ethertype (after VLAN tags, or the outer one)
@@ -49,6 +54,12 @@
 #ifndef FILTER_IP
 #define FILTER_IP 0
 #endif
+#ifndef FILTER_IP6
+#define FILTER_IP6 0
+#endif
+#ifndef FILTER_L4
+#define FILTER_L4 0
+#endif
 #ifndef FILTER_ARP
 #define FILTER_ARP 0
 #endif
@@ -61,7 +72,8 @@
 #ifndef FILTER_PORT
 #define FILTER_PORT 0
 #endif
-#define CONTENT_FILTER (FILTER_MAC || FILTER_IP || FILTER_ARP || FILTER_VLAN || FILTER_PROTO)
+#define CONTENT_FILTER (FILTER_MAC || FILTER_IP || FILTER_IP6 || FILTER_L4 || FILTER_ARP || \
+			FILTER_VLAN || FILTER_PROTO)
 #define ANY_FILTER (CONTENT_FILTER || FILTER_PORT)
 
 /* Bytes of a record on the ring: the header and SNAPLEN bytes of the frame. */
@@ -143,6 +155,16 @@ static __always_inline int ip_at(const __u8 *p)
 }
 #endif
 
+#if FILTER_IP6
+static __always_inline int ip6_at(const __u8 *p)
+{
+	__u32 w[4];
+	__builtin_memcpy(w, p, 16);
+	return w[0] == (__u32)FILTER_IP6_W0 && w[1] == (__u32)FILTER_IP6_W1 &&
+	       w[2] == (__u32)FILTER_IP6_W2 && w[3] == (__u32)FILTER_IP6_W3;
+}
+#endif
+
 /* The part of the filter that reads the frame's own bytes. `l3` is where the
  * payload after the (last) ethertype starts, `type` that ethertype. */
 static __always_inline int l3_match(const __u8 *l3, __u16 type, __u32 l3_len)
@@ -157,6 +179,28 @@ static __always_inline int l3_match(const __u8 *l3, __u16 type, __u32 l3_len)
 			return 0;
 	} else if (type == 0x0806) {
 		if (l3_len < 28 || !(ip_at(l3 + 14) || ip_at(l3 + 24)))
+			return 0;
+	} else {
+		return 0;
+	}
+#endif
+#if FILTER_IP6
+	/* IPv6 header: next header at 6, source at 8, destination at 24. A
+	 * neighbour solicitation is sent to the target's solicited-node
+	 * multicast address, so the target (after the 8-byte ICMPv6 header of
+	 * type 135 or 136) is matched too, as ARP's target is for IPv4. */
+	if (type != 0x86DD || l3_len < 40)
+		return 0;
+	if (!ip6_at(l3 + 8) && !ip6_at(l3 + 24) &&
+	    !(l3[6] == 58 && l3_len >= 64 && (l3[40] == 135 || l3[40] == 136) && ip6_at(l3 + 48)))
+		return 0;
+#endif
+#if FILTER_L4
+	if (type == 0x0800) {
+		if (l3_len < 20 || l3[9] != FILTER_L4)
+			return 0;
+	} else if (type == 0x86DD) {
+		if (l3_len < 40 || l3[6] != FILTER_L4)
 			return 0;
 	} else {
 		return 0;

@@ -154,11 +154,13 @@ def export(bridges, netns, listen, interval, duration, ready_file):
 @click.option("--pcap", "-w", "pcap_path", metavar="FILE", default=None,
               help="Also write every step to this pcapng file (one interface per port, a comment per packet).")
 @click.option("--mac", metavar="MAC", default=None, help="Only frames from or to this MAC.")
-@click.option("--ip", metavar="IPV4", default=None,
-              help="Only frames from or to this IPv4 address (ARP sender/target included).")
+@click.option("--ip", metavar="IP", default=None,
+              help="Only frames from or to this IPv4 or IPv6 address (ARP sender/target and "
+                   "IPv6 neighbour solicitation/advertisement target included).")
 @click.option("--arp", is_flag=True, default=False, help="Only ARP frames.")
 @click.option("--vlan", type=click.IntRange(1, 4094), default=None, help="Only frames of this VLAN.")
-@click.option("--proto", metavar="ETHERTYPE", default=None, help="Only this ethertype: arp, ipv4, ipv6, 0x88b5, ...")
+@click.option("--proto", metavar="PROTO", default=None,
+              help="Only this ethertype (arp, ipv4, ipv6, 0x88b5, ...) or icmp / icmpv6.")
 @click.option("--port", metavar="PORT", default=None,
               help="Only frames entering or leaving by this port (or the bridge itself).")
 @click.option("--rate", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -172,9 +174,11 @@ def trace(count, snaplen, pcap_path, mac, ip, arp, vlan, proto, port, rate, **kw
       brtrace trace --bridge br-int --mac 52:54:00:12:34:56 --count 10
       brtrace trace -b br-int --arp --ip 10.0.0.5 -w arp.pcapng
       brtrace trace -b br-int --port vnet3 -d 30 -o json
+      brtrace trace -b br-int --proto icmpv6 --ip 2001:db8::1
     """
     from tracer.views.trace import Filters, parse_proto, run_trace  # noqa: PLC0415 - a verb imports its view only
-    filters = Filters(mac=mac, ip=ip, arp=arp, vlan=vlan, proto=parse_proto(proto) if proto else None,
+    ethertype, ip_proto = parse_proto(proto) if proto else (None, None)
+    filters = Filters(mac=mac, ip=ip, arp=arp, vlan=vlan, proto=ethertype, ip_proto=ip_proto,
                       port=port)
     sys.exit(run_trace(_config(kw), filters, count, snaplen, pcap_path, rate=rate))
 

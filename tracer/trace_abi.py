@@ -78,3 +78,11 @@ def mac_filter(mac: str) -> int:
 def ip_filter(ip: str) -> int:
     """FILTER_IP for an IPv4 address: its 4 bytes in a little-endian u32."""
     return int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+
+def ip6_filter(ip: str) -> dict:
+    """FILTER_IP6 and its four words for an IPv6 address: each 4 bytes of it
+    in a little-endian u32, as trace.bpf.c's ip6_at() loads them."""
+    raw = ipaddress.IPv6Address(ip).packed
+    return {"FILTER_IP6": 1, **{f"FILTER_IP6_W{i}": int.from_bytes(raw[4 * i:4 * i + 4], "little")
+                                for i in range(4)}}

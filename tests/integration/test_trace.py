@@ -8,6 +8,7 @@ bounded number of frames, and checks the step and journey records.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -243,3 +244,54 @@ def test_rate_limit_is_counted_in_the_kernel(lab, trace):
     assert stats["events_rate_limited_trace"] > 0
     assert stats["events_sent_trace"] + stats["events_rate_limited_trace"] + stats["events_lost_trace"] == 80
     assert len(t.kind("step")) == stats["events_sent_trace"] <= 4 * os.cpu_count()
+
+
+def ipv6_icmp(dst_mac: str, src_mac: str, src: str, dst: str, icmp_type: int, body: bytes = b"",
+              next_header: int = 58) -> bytes:
+    """An Ethernet frame with an IPv6 header and an ICMPv6 message (or, with
+    another next header, that payload). Checksums are not checked on a bridge."""
+    payload = bytes([icmp_type, 0, 0, 0]) + body if next_header == 58 else body
+    header = (bytes([0x60, 0, 0, 0]) + len(payload).to_bytes(2, "big") + bytes([next_header, 255])
+              + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed)
+    return ether(dst_mac, src_mac, 0x86DD, header + payload)
+
+
+def test_ipv6_filter_keeps_that_address_and_neighbour_discovery_for_it(lab, trace):
+    """`trace --ip` with an IPv6 address, filtered in the kernel, during a flood
+    of other IPv6 traffic: the guest's own packets and the solicitations for
+    its address (sent to its solicited-node multicast group), nothing else;
+    `--proto icmpv6` keeps ICMPv6 only."""
+    h1, h2, h3 = lab.host(1), lab.host(2), lab.host(3)
+    a1, a2, a3 = "2001:db8::1", "2001:db8::2", "2001:db8::3"
+    learn(h2)
+    learn(h1)
+    t = trace("--ip", a2)
+    echo = ipv6_icmp(h2.mac, h1.mac, a1, a2, 128, b"\0\1\0\1ping")
+    solicit = ipv6_icmp("33:33:ff:00:00:02", h1.mac, a1, "ff02::1:ff00:2", 135,
+                        bytes(4) + ipaddress.IPv6Address(a2).packed)
+    other_solicit = ipv6_icmp("33:33:ff:00:00:03", h1.mac, a1, "ff02::1:ff00:3", 135,
+                              bytes(4) + ipaddress.IPv6Address(a3).packed)
+    flood = ipv6_icmp(h1.mac, h3.mac, a3, a1, 128, b"\0\2\0\1other")
+    send_frames(h1.netns, h1.ifname, echo, 3, interval=0.02)
+    send_frames(h1.netns, h1.ifname, solicit, 1)
+    send_frames(h1.netns, h1.ifname, other_solicit, 2, interval=0.02)
+    send_frames(h3.netns, h3.ifname, flood, 50)
+    send_frames(h1.netns, h1.ifname, ipv4_udp(h2.mac, h1.mac, h1.ip, h2.ip, 4000, 4001), 3)
+    t.stop()
+    journeys = t.kind("journey")
+    to_h2 = [j for j in journeys if j["verdict"]["dst_mac"] == h2.mac]
+    ndp = [j for j in journeys if j["verdict"]["dst_mac"] == "33:33:ff:00:00:02"]
+    assert len(to_h2) == 3 and len(ndp) == 1 and len(journeys) == 4, journeys
+    assert all(j["verdict"]["from"] == h1.port for j in journeys)
+    assert ndp[0]["verdict"]["decision"] == "flood"
+    steps = t.kind("step")
+    assert steps and all(s["proto"] == "ipv6" for s in steps)
+
+    t = trace("--proto", "icmpv6")
+    udp6 = ipv6_icmp(h2.mac, h1.mac, a1, a2, 0, b"\x0f\xa0\x0f\xa1\0\x0c\0\0udp!", next_header=17)
+    send_frames(h1.netns, h1.ifname, udp6, 4)
+    send_frames(h1.netns, h1.ifname, echo, 2, interval=0.02)
+    send_frames(h1.netns, h1.ifname, ipv4_udp(h2.mac, h1.mac, h1.ip, h2.ip, 4000, 4001), 2)
+    t.stop()
+    assert len(t.kind("journey")) == 2
+    assert {s["proto"] for s in t.kind("step")} == {"ipv6"}

@@ -3,6 +3,8 @@
 import pytest
 
 from tracer import abi, trace_abi
+from tracer.errors import UsageError
+from tracer.views.trace import Filters, check_filters, parse_proto
 
 
 def test_trace_record_header_is_8_aligned():
@@ -36,3 +38,23 @@ def test_parse_short_record_with_snaplen_bytes():
 def test_filter_values_match_the_kernel_byte_order():
     assert trace_abi.mac_filter("02:b7:00:00:00:01") == int.from_bytes(bytes([2, 0xb7, 0, 0, 0, 1]), "little")
     assert trace_abi.ip_filter("10.77.0.1") == int.from_bytes(bytes([10, 77, 0, 1]), "little")
+
+
+def test_ipv6_filter_words_and_protocol_names():
+    d = trace_abi.ip6_filter("2001:db8::2")
+    assert d["FILTER_IP6"] == 1
+    assert d["FILTER_IP6_W0"] == int.from_bytes(bytes([0x20, 0x01, 0x0d, 0xb8]), "little")
+    assert d["FILTER_IP6_W3"] == int.from_bytes(bytes([0, 0, 0, 2]), "little")
+    assert parse_proto("icmpv6") == (0x86DD, 58) and parse_proto("ipv6") == (0x86DD, None)
+    assert parse_proto("0x88b5") == (0x88B5, None)
+    v6 = Filters(ip="2001:db8::2", proto=0x86DD, ip_proto=58).defines()
+    assert v6["FILTER_IP"] == 0 and v6["FILTER_IP6_W3"] == d["FILTER_IP6_W3"] and v6["FILTER_L4"] == 58
+    assert Filters(ip="10.0.0.1").defines()["FILTER_IP"] and "FILTER_IP6" not in Filters(ip="10.0.0.1").defines()
+
+
+def test_bad_ip_and_arp_with_ipv6_are_one_line_errors():
+    with pytest.raises(UsageError, match="bad IP address"):
+        check_filters(Filters(ip="10.0.0.300"))
+    with pytest.raises(UsageError, match="--arp with an IPv6 address"):
+        check_filters(Filters(ip="2001:db8::1", arp=True))
+    check_filters(Filters(ip="2001:db8::1"))

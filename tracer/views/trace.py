@@ -26,7 +26,7 @@ from tracer.runtime import require_root
 from tracer.runloop import Follow, attached, last_pass
 from tracer.session import BridgeRun
 from tracer.topology import Topology, resolve_netns
-from tracer.trace_abi import SNAP_MAX, ip_filter, mac_filter, parse_trace_event
+from tracer.trace_abi import SNAP_MAX, ip6_filter, ip_filter, mac_filter, parse_trace_event
 from tracer.views.base import port_event_printer
 
 SOURCE = "trace.bpf.c"
@@ -42,17 +42,24 @@ class Filters:
     """What to trace; None/False: no filter on that field."""
 
     mac: Optional[str] = None      # source or destination MAC
-    ip: Optional[str] = None       # IPv4 source or destination, ARP sender or target
+    ip: Optional[str] = None       # IPv4 or IPv6 source or destination; ARP sender or target,
+                                   # Neighbor Solicitation/Advertisement target
     arp: bool = False              # ARP only
     vlan: Optional[int] = None     # VLAN id
     proto: Optional[int] = None    # ethertype
     port: Optional[str] = None     # port (or the bridge) the frame enters or leaves by
+    ip_proto: Optional[int] = None  # IPv4 protocol / IPv6 next header (icmp 1, icmpv6 58)
 
     def defines(self, port_ifindex: int = 0) -> dict:
-        return {"FILTER_MAC": mac_filter(self.mac) if self.mac else 0,
-                "FILTER_IP": ip_filter(self.ip) if self.ip else 0,
-                "FILTER_ARP": int(self.arp), "FILTER_VLAN": self.vlan or 0,
-                "FILTER_PROTO": self.proto or 0, "FILTER_PORT": port_ifindex}
+        v6 = bool(self.ip) and ipaddress.ip_address(self.ip).version == 6
+        out = {"FILTER_MAC": mac_filter(self.mac) if self.mac else 0,
+               "FILTER_IP": ip_filter(self.ip) if self.ip and not v6 else 0,
+               "FILTER_ARP": int(self.arp), "FILTER_VLAN": self.vlan or 0,
+               "FILTER_PROTO": self.proto or 0, "FILTER_PORT": port_ifindex,
+               "FILTER_L4": self.ip_proto or 0}
+        if v6:
+            out.update(ip6_filter(self.ip))
+        return out
 
     def record(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if v not in (None, False)}
@@ -64,7 +71,20 @@ class Filters:
         return ", ".join(f"{k}={v}" for k, v in self.record().items()) or "none (every frame)"
 
 
-def parse_proto(text: str) -> int:
+# --proto names that are an IP protocol rather than an ethertype: (ethertype, protocol).
+IP_PROTOCOLS = {"icmp": (0x0800, 1), "icmpv6": (0x86DD, 58), "icmp6": (0x86DD, 58)}
+
+
+def parse_proto(text: str) -> tuple:
+    """--proto: (ethertype, IP protocol or None). An ethertype is a name
+    brtrace prints (arp, ipv4, ipv6, ...) or a number (0x88b5); icmp and
+    icmpv6 name the ethertype and the protocol after it."""
+    if text.lower() in IP_PROTOCOLS:
+        return IP_PROTOCOLS[text.lower()]
+    return parse_ethertype(text), None
+
+
+def parse_ethertype(text: str) -> int:
     """An ethertype: a name brtrace prints (arp, ipv4, ...) or a number (0x88b5)."""
     names = {v: k for k, v in ETHERTYPES.items()}
     if text.lower() in names:
@@ -86,9 +106,13 @@ def check_filters(f: Filters) -> None:
             raise UsageError(f"bad MAC {f.mac!r}", "write it as 02:00:00:00:00:01") from None
     if f.ip:
         try:
-            ipaddress.IPv4Address(f.ip)
+            ipaddress.ip_address(f.ip)
         except ValueError:
-            raise UsageError(f"bad IPv4 address {f.ip!r}", "IPv6 is not filtered yet") from None
+            raise UsageError(f"bad IP address {f.ip!r}",
+                             "give an IPv4 (10.0.0.5) or IPv6 (2001:db8::5) address") from None
+        if f.arp and ipaddress.ip_address(f.ip).version == 6:
+            raise UsageError(f"--arp with an IPv6 address ({f.ip})",
+                             "ARP is IPv4 only; IPv6 neighbour discovery is `--proto icmpv6`")
     if f.vlan is not None and not 1 <= f.vlan <= 4094:
         raise UsageError(f"VLAN {f.vlan} out of range", "a VLAN id is 1..4094")
 
