@@ -75,6 +75,13 @@
 #define PC_ECHOES 15       /* frames in with one of the bridge's own MACs as source */
 #define PC_HOST_REPEATS 16 /* copies in through the port the frame was first seen on, taken
 			    * for its host repeating itself (flood_ingress()): not loop copies */
+/* IPv6 neighbour discovery on the wire (RFC 4861), frames entering the port. */
+#define PC_NDP_NS 17       /* Neighbor Solicitations */
+#define PC_NDP_NA 18       /* Neighbor Advertisements */
+#define PC_NDP_RS 19       /* Router Solicitations */
+#define PC_NDP_RA 20       /* Router Advertisements */
+#define PC_NDP_DAD 21      /* solicitations from the unspecified address: Duplicate Address Detection */
+#define PC_NDP_DUPLICATES 22 /* NDP frames among returns + reentries */
 #define PORT_COUNTERS 24
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own

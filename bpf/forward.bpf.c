@@ -38,6 +38,7 @@
 
 #define ETH_HLEN_ 14
 #define ARP_FRAME_LEN 42   /* Ethernet + ARP for IPv4, unpadded (what Linux sends) */
+#define ND_FRAME_LEN 55    /* Ethernet + IPv6 header + the ICMPv6 type byte */
 #define TCX_NEXT_ (-1)     /* enum tcx_action_base (6.6 uapi): run the next program */
 
 BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
@@ -464,7 +465,7 @@ static __always_inline int mask_has(const __u64 *mask, __u32 slot)
  * userspace from these counts against what the bridge flooded out of each
  * port (tracer/diagnose.py, l2_loop()).
  */
-static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, int arp)
+static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, int dup)
 {
 	__u32 tick = flood_tick();
 	struct flood_tag *t;
@@ -500,8 +501,8 @@ static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, in
 	count(h->pc, sent ? PC_RETURNS : PC_REENTRIES, 1);
 	if (crossed)
 		count(h->pc, PC_CROSSINGS, 1);
-	if (arp)
-		count(h->pc, PC_ARP_DUPLICATES, 1);
+	if (dup >= 0)
+		count(h->pc, dup, 1);   /* PC_ARP_DUPLICATES or PC_NDP_DUPLICATES */
 	h->loop_how = LOOP_COPY | (sent ? LOOP_SENT : 0) | (crossed ? LOOP_CROSSED : 0) |
 		      (origin ? LOOP_AT_ORIGIN : 0);
 	h->loop_prev = p->in_ifindex;
@@ -623,6 +624,34 @@ static __always_inline int rx_frame(struct hit *h, const __u8 *buf, int arp_ok)
 	return 1;
 }
 
+/* The ICMPv6 neighbour discovery type of an untagged IPv6 frame whose next
+ * header is ICMPv6 (no extension headers: RFC 4861 forbids none, but Linux
+ * and every stack we know send NDP without them), else 0. `buf` holds
+ * ND_FRAME_LEN bytes. */
+static __always_inline __u8 nd_type(const __u8 *buf)
+{
+	if (buf[12] != 0x86 || buf[13] != 0xdd || buf[20] != 58)
+		return 0;
+	__u8 type = buf[54];
+	return type >= 133 && type <= 136 ? type : 0;
+}
+
+/* Count a neighbour discovery frame entering a port: 133 RS, 134 RA, 135 NS
+ * (from the unspecified address ::, bytes 22..37, a DAD probe), 136 NA. */
+static __always_inline void nd_seen(struct hit *h, const __u8 *buf, __u8 type)
+{
+	if (type == 135) {
+		__u64 a, b;
+		__builtin_memcpy(&a, buf + 22, 8);
+		__builtin_memcpy(&b, buf + 30, 8);
+		count(h->pc, PC_NDP_NS, 1);
+		if (!(a | b))
+			count(h->pc, PC_NDP_DAD, 1);
+	} else {
+		count(h->pc, type == 136 ? PC_NDP_NA : type == 133 ? PC_NDP_RS : PC_NDP_RA, 1);
+	}
+}
+
 /* The host's own stack sends through the bridge (br_dev_xmit()). Its ARP
  * replies answer requests seen on the ports, so they count as claims. */
 static __always_inline void bridge_tx(struct hit *h, const __u8 *buf)
@@ -708,9 +737,13 @@ int port_ingress(struct __sk_buff *skb)
 		flooded = rx_frame(&h, buf, 1);
 	else
 		flooded = rx_frame(&h, buf, 0);
+	__u8 nd = 0;
+	if ((const void *)(buf + ND_FRAME_LEN) <= end && (nd = nd_type(buf)))
+		nd_seen(&h, buf, nd);
 	__u64 fp;
 	if (flooded && tc_fingerprint(skb, &fp) == 0)
-		flood_ingress(&h, fp, src_mac(buf), is_arp(buf));
+		flood_ingress(&h, fp, src_mac(buf),
+			      is_arp(buf) ? PC_ARP_DUPLICATES : nd ? PC_NDP_DUPLICATES : -1);
 	hit_records(&h);
 	return TCX_NEXT_;
 }
@@ -764,8 +797,12 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	if (bpf_probe_read_kernel(words, sizeof(words), h.start) != 0)
 		return 0;
 	const __u8 *buf = (const __u8 *)words;
+	__u8 nd = h.wire >= ND_FRAME_LEN ? nd_type(buf) : 0;
+	if (nd)
+		nd_seen(&h, buf, nd);
 	if (rx_frame(&h, buf, 1))
-		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf), is_arp(buf));
+		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf),
+			      is_arp(buf) ? PC_ARP_DUPLICATES : nd ? PC_NDP_DUPLICATES : -1);
 	hit_records(&h);
 	return 0;
 }

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from fingerprint import flood_slot
+from frames import ipv6_icmp, neighbour_solicitation
 from harness import READS
 from tracer.bench import Frames
 from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
@@ -183,3 +184,32 @@ def test_healthy_bridge_has_no_findings(lab, tracer_factory):
     # This kernel has no kprobes: decisions are reconstructed from the port hooks (tcx here).
     assert summary["mode"] == "reconstructed" and summary["probes"]["forward"].startswith("reconstructed")
     assert summary["probes"]["ports"] == "tcx:ingress+egress"
+
+
+@pytest.mark.parametrize("hooks", ["tcx", "tracepoints"])
+def test_neighbour_discovery_counted_per_port(lab, tracer_factory, hooks):
+    """IPv6 neighbour discovery on the wire, per port and exact: solicitations
+    (DAD probes from :: among them), advertisements, router solicitations and
+    advertisements; a guest's DAD probe that a reflecting tap sends back is a
+    copy of an NDP frame coming back (what makes the guest refuse its address)."""
+    vm, gw = lab.host(1), lab.host(2)
+    tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=1000, comm="tincd")
+    env, _probe = PORT_HOOKS[hooks]
+    t = tracer_factory(*loops_cmd(lab), env=env)
+    a1, a2 = "2001:db8::1", "2001:db8::2"
+    send_frames(vm.netns, vm.ifname, neighbour_solicitation(vm.mac, a1, a2), 3, interval=0.02)
+    send_frames(vm.netns, vm.ifname, neighbour_solicitation(vm.mac, "::", a1), 2, interval=0.3)
+    advert = ipv6_icmp(vm.mac, gw.mac, a2, a1, 136, bytes([0x60, 0, 0, 0]) + bytes(16))
+    send_frames(gw.netns, gw.ifname, advert, 4, interval=0.02)
+    send_frames(vm.netns, vm.ifname, ipv6_icmp("33:33:00:00:00:02", vm.mac, a1, "ff02::2", 133, bytes(4)), 1)
+    send_frames(gw.netns, gw.ifname, ipv6_icmp("33:33:00:00:00:01", gw.mac, "fe80::1", "ff02::1", 134,
+                                               bytes(12)), 1)
+    t.stop(settle=0.8)
+    c = t.ports()
+    # The VM's 3 + 2 solicitations (the DAD probes are sent 0.3 s apart, so each
+    # comes back from t3o before the next leaves: no host repeat in between).
+    assert (c[vm.port]["ndp_ns"], c[vm.port]["ndp_dad"], c[vm.port]["ndp_rs"]) == (5, 2, 1)
+    assert (c[gw.port]["ndp_na"], c[gw.port]["ndp_ra"]) == (4, 1)
+    # Every multicast NDP frame is flooded to t3o and comes back: 5 NS, the RS, the RA.
+    assert c[tap.name]["ndp_ns"] == 5 and c[tap.name]["ndp_dad"] == 2
+    assert c[tap.name]["ndp_duplicates"] == 7 and c[tap.name]["arp_duplicates"] == 0

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from frames import ipv6_icmp
 from tracer.lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, send_frames
 
 pytestmark = pytest.mark.integration
@@ -244,16 +245,6 @@ def test_rate_limit_is_counted_in_the_kernel(lab, trace):
     assert stats["events_rate_limited_trace"] > 0
     assert stats["events_sent_trace"] + stats["events_rate_limited_trace"] + stats["events_lost_trace"] == 80
     assert len(t.kind("step")) == stats["events_sent_trace"] <= 4 * os.cpu_count()
-
-
-def ipv6_icmp(dst_mac: str, src_mac: str, src: str, dst: str, icmp_type: int, body: bytes = b"",
-              next_header: int = 58) -> bytes:
-    """An Ethernet frame with an IPv6 header and an ICMPv6 message (or, with
-    another next header, that payload). Checksums are not checked on a bridge."""
-    payload = bytes([icmp_type, 0, 0, 0]) + body if next_header == 58 else body
-    header = (bytes([0x60, 0, 0, 0]) + len(payload).to_bytes(2, "big") + bytes([next_header, 255])
-              + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed)
-    return ether(dst_mac, src_mac, 0x86DD, header + payload)
 
 
 def test_ipv6_filter_keeps_that_address_and_neighbour_discovery_for_it(lab, trace):

@@ -192,7 +192,7 @@ def test_two_bridges_stay_apart(families):
 def test_no_bridge_still_describes_every_metric():
     text = exposition([])
     assert samples(text) == []
-    assert len(re.findall(r"^# HELP ", text, re.M)) == len(re.findall(r"^# TYPE ", text, re.M)) == 19
+    assert len(re.findall(r"^# HELP ", text, re.M)) == len(re.findall(r"^# TYPE ", text, re.M)) == 20
 
 
 def test_missing_stats_read_as_zero():

@@ -25,11 +25,14 @@ FINDING_LABELS = {"own_address_echo": "echo", "l2_loop": "loop", "mac_flap": "fl
 
 # Counters in drill-down order (the kernel's PORT_COUNTERS, then decisions).
 COUNTER_ORDER = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_broadcast", "rx_multicast",
-                 "rx_arp", "echoes", "returns", "reentries", "arp_duplicates", "fdb_learned",
+                 "rx_arp", "ndp_ns", "ndp_na", "echoes", "returns", "reentries", "arp_duplicates",
+                 "ndp_duplicates", "fdb_learned",
                  "decided_forward", "decided_flood", "decided_local", "decided_same_port",
                  "decided_not_forwarding")
 
 NAME_MAX = 15        # IFNAMSIZ - 1
+# IPv6 neighbour discovery counters, added into the ARP/s column.
+NDP_COUNTERS = ("ndp_ns", "ndp_na", "ndp_rs", "ndp_ra")
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def build_state(*, bridge: str, netns: str = "", mode: str = "", elapsed: float 
         active = sorted((r for r in rows if r.rate > 0), key=lambda r: (-r.rate, r.reason))
         out.append(PortStats(
             name=name, rx_pps=rate("rx_packets"), tx_pps=rate("tx_packets"),
-            bcast_pps=rate("rx_broadcast") + rate("rx_multicast"), arp_pps=rate("rx_arp"),
+            bcast_pps=rate("rx_broadcast") + rate("rx_multicast"),
+            arp_pps=rate("rx_arp") + sum(rate(k) for k in NDP_COUNTERS),
             drops_pps=sum(r.rate for r in rows), top_reason=active[0].reason if active else "",
             moves_pps=moves.get(name, 0) / interval if interval > 0 else 0.0,
             echoes_pps=rate("echoes"), info=info, counters=_counters(st, name),
@@ -265,7 +269,7 @@ _COLUMNS = (
     ("RX/s", 7, "rx", lambda p: p.rx_pps),
     ("TX/s", 7, None, lambda p: p.tx_pps),
     ("BCAST/s", 9, "bcast", lambda p: p.bcast_pps),
-    ("ARP/s", 7, None, lambda p: p.arp_pps),
+    ("ARP/s", 7, None, lambda p: p.arp_pps),   # ARP and IPv6 neighbour discovery
     ("MOVE/s", 7, None, lambda p: p.moves_pps),
     ("ECHO/s", 7, None, lambda p: p.echoes_pps),
     ("DROP/s", 8, "drops", lambda p: p.drops_pps),
