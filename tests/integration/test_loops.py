@@ -8,8 +8,8 @@ import pytest
 
 from fingerprint import flood_slot
 from harness import READS
-from tracer.bench import Frames
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
+from lab import Frames
+from lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
 
 pytestmark = pytest.mark.integration
 

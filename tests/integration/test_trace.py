@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tracer.lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, send_frames
+from lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, send_frames
 
 pytestmark = pytest.mark.integration
 
