@@ -1,6 +1,6 @@
 """Integration tier: root, the real kernel, namespaces built by the tests.
 
-Every test builds its own lab (tracer.lab, prefix `brti<N>`), runs the real
+Every test builds its own lab (lab, prefix `brti<N>`), runs the real
 `brtrace` CLI in a child process with `-o json --ready-file`, sends a bounded
 number of frames, stops brtrace with SIGTERM (by PID) and asserts on its JSON.
 """
@@ -13,7 +13,7 @@ import os
 import pytest
 
 from harness import Tracer
-from tracer.lab import Lab
+from lab import Lab
 
 _ids = itertools.count(1)
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tracer.demo import INCIDENT_PREFIX
-from tracer.lab import run
+from lab.demo import INCIDENT_PREFIX
+from lab import run
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def _findings(text: str) -> list:
 def test_incident_demo_names_the_loop_beyond_t3o():
     assert _leftovers() == [], "left from an earlier run"
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tracer.demo", "--incident", "--seconds", "5"],
+    proc = subprocess.Popen([sys.executable, "-m", "lab.demo", "--incident", "--seconds", "5"],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:

@@ -3,13 +3,13 @@
 Each test builds its own lab (bridge br-int in <prefix>-br, hosts h1/h2 behind
 vnet0/vnet1), starts brtrace, sends exactly K frames that the kernel must drop,
 stops brtrace with SIGTERM, and checks port, reason, function and the exact count.
-Ground truth per fault was measured with tracefs on 6.18 (tracer.lab.FAULTS).
+Ground truth per fault was measured with tracefs on 6.18 (lab.FAULTS).
 """
 
 import pytest
 
 from harness import READS, reads_env
-from tracer.lab import ETH_P_LAB, Lab, ether, ipv4_udp, ping, send_frames
+from lab import ETH_P_LAB, Lab, ether, ipv4_udp, ping, send_frames
 
 K = 50
 pytestmark = pytest.mark.integration

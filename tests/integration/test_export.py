@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, send_frames, start_sender, wait_sender
+from lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, send_frames, start_sender, wait_sender
 
 pytestmark = pytest.mark.integration
 

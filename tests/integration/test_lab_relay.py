@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tracer.lab import (BROADCAST, CHILD_PYTHON, ETH_P_LAB, Lab, _kill_pid, ether,
+from lab import (BROADCAST, CHILD_PYTHON, ETH_P_LAB, Lab, _kill_pid, ether,
                         ns_argv, send_frames)
 
 pytestmark = pytest.mark.integration

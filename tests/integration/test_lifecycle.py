@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tracer.lab import ETH_P_LAB, ether, send_frames
+from lab import ETH_P_LAB, ether, send_frames
 
 from pathlib import Path
 

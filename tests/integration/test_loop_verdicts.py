@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
-from tracer.tinc_lab import TincMesh
+from lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
+from lab.tinc import TincMesh
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,9 @@ import time
 import pytest
 
 from fingerprint import flood_slot
-from frames import ipv6_icmp, neighbour_solicitation
 from harness import READS
-from tracer.bench import Frames
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, send_frames
+
+from lab import BROADCAST, ETH_P_LAB, Frames, Lab, ether, ipv6_icmp, neighbour_solicitation, ping, send_frames
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tracer.lab import CHILD_PYTHON, arp_request, ns_argv, run, send_frames
+from lab import CHILD_PYTHON, arp_request, ns_argv, run, send_frames
 
 _SEND_UDP = r"""
 import socket, sys

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
+from lab import BROADCAST, ETH_P_LAB, ether, send_frames
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from harness import held_prog_ids, our_kind_of_progs, tcx_links, wait_unloaded
-from tracer.lab import CHILD_PYTHON, ETH_P_LAB, ether, ns_argv, run, send_frames
+from lab import CHILD_PYTHON, ETH_P_LAB, ether, ns_argv, run, send_frames
 
 pytestmark = pytest.mark.integration
 

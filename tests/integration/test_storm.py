@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
+from lab import BROADCAST, ETH_P_LAB, ether, send_frames
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

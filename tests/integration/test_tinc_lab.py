@@ -1,4 +1,4 @@
-"""The tinc lab itself (tracer.tinc_lab), checked with kernel counters only.
+"""The tinc lab itself (lab.tinc), checked with kernel counters only.
 
 Real tincd 1.0 in switch mode between three namespaced "KVM hosts".  No brtrace
 here: the ground truth is `ip -s -j link` (t3o's rx packets = frames tincd wrote
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, ether, ping, run, ns_argv, send_frames
-from tracer.tinc_lab import TincMesh
+from lab import BROADCAST, ETH_P_LAB, ether, ping, run, ns_argv, send_frames
+from lab.tinc import TincMesh
 
 pytestmark = pytest.mark.integration
 

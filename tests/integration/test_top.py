@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.lab import BROADCAST, ETH_P_LAB, ether, send_frames
+from lab import BROADCAST, ETH_P_LAB, ether, send_frames
 from harness import held_prog_ids, our_kind_of_progs
 
 REPO = Path(__file__).resolve().parents[2]

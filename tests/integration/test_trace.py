@@ -20,8 +20,7 @@ import time
 
 import pytest
 
-from frames import ipv6_icmp
-from tracer.lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, send_frames
+from lab import ETH_P_LAB, Lab, arp_request, ether, ipv4_udp, ipv6_icmp, send_frames
 
 pytestmark = pytest.mark.integration
 

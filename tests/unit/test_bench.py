@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from tracer import bench
-from tracer.lab import ETH_P_ARP, ETH_P_LAB
+import bench
+from lab import ETH_P_ARP, ETH_P_LAB
 
 
 def win(workload, config, pps, seconds=2.0, cpu=None, **extra):
@@ -213,22 +213,27 @@ def test_last_summary_and_tracepoints():
     assert bench.last_summary("") is None
 
 
-def test_floor_source_counts_each_tracepoint_in_its_own_slot():
-    src = bench.floor_source(["kfree_skb", "net_dev_queue"])
-    assert "BPF_PERCPU_ARRAY(hits, u64, 2);" in src
-    assert "RAW_TRACEPOINT_PROBE(kfree_skb)" in src and "int k = 0;" in src
-    assert "RAW_TRACEPOINT_PROBE(net_dev_queue)" in src and "int k = 1;" in src
+def test_floor_counts_each_tracepoint_in_its_own_slot():
+    assert bench.floor_cflags(["kfree_skb", "net_dev_queue"]) == ["-DFLOOR_TRACEPOINTS=2", "-DFLOOR_TCX=0"]
+    src = bench.FLOOR_SRC.read_text()
+    assert "BPF_PERCPU_ARRAY(hits, u64, FLOOR_SLOTS > 0 ? FLOOR_SLOTS : 1);" in src
+    assert "#define FLOOR_SLOTS (FLOOR_TRACEPOINTS + 2 * FLOOR_TCX)" in src
+    # program floor_tp<i> counts in slot i (attached to the i-th tracepoint by name)
+    assert "int floor_tp##i(struct bpf_raw_tracepoint_args *ctx)" in src and "count(i);" in src
+    assert "FLOOR_TP(%d)" % (bench.floor.FLOOR_MAX_TRACEPOINTS - 1) in src
     with pytest.raises(ValueError):
-        bench.floor_source(["kfree_skb); evil("])
+        bench.floor_cflags(["kfree_skb); evil("])
+    with pytest.raises(ValueError):
+        bench.floor_cflags(["tp%d" % i for i in range(bench.floor.FLOOR_MAX_TRACEPOINTS + 1)])
 
 
-def test_floor_source_with_tcx_counts_ingress_and_egress_after_the_tracepoints():
-    src = bench.floor_source(["kfree_skb"], tcx=True)
-    assert "BPF_PERCPU_ARRAY(hits, u64, 3);" in src
-    assert "int floor_ingress(struct __sk_buff *skb)" in src and "int k = 1;" in src
-    assert "int floor_egress(struct __sk_buff *skb)" in src and "int k = 2;" in src
+def test_floor_with_tcx_counts_ingress_and_egress_after_the_tracepoints():
+    assert bench.floor_cflags(["kfree_skb"], tcx=True) == ["-DFLOOR_TRACEPOINTS=1", "-DFLOOR_TCX=1"]
+    src = bench.FLOOR_SRC.read_text()
+    assert "int floor_ingress(struct __sk_buff *skb)" in src and "count(FLOOR_TRACEPOINTS);" in src
+    assert "int floor_egress(struct __sk_buff *skb)" in src and "count(FLOOR_TRACEPOINTS + 1);" in src
     assert "return -1;" in src          # TCX_NEXT: never changes the frame's fate
-    assert "floor_ingress" not in bench.floor_source(["kfree_skb"])
+    assert src.index("#if FLOOR_TCX") < src.index("int floor_ingress")   # only built with tcx
 
 
 def test_default_floor_follows_the_port_hooks():
@@ -266,7 +271,7 @@ def test_paced_sender_arguments():
     frames = bench.Frames(b"\x00" * 60)
     assert s.argv(None, "eth0", frames, 10, 1.0, rate=500)[-1] == "500"
     assert s.argv(None, "eth0", frames, 10, 1.0)[-1] == "1"      # DISTINCT, no rate
-    assert "rate > 0" in bench.SENDER_C and "nanosleep" in bench.SENDER_C
+    assert "rate > 0" in bench.SENDER_C.read_text() and "nanosleep" in bench.SENDER_C.read_text()
 
 
 def test_tcx_spec():
@@ -293,8 +298,9 @@ def test_args():
 
 def test_sender_c_source_is_bounded():
     # both bounds are in the loop condition/body of the compiled sender
-    assert "sent < count" in bench.SENDER_C and "now() >= end" in bench.SENDER_C
-    assert "sent < count" in bench.SENDER_PY and "time.monotonic() >= end" in bench.SENDER_PY
+    c, py = bench.SENDER_C.read_text(), bench.SENDER_PY.read_text()
+    assert "sent < count" in c and "now() >= end" in c
+    assert "sent < count" in py and "time.monotonic() >= end" in py
 
 
 def test_ratio_uses_the_untraced_windows_next_to_each_traced_one():
@@ -355,7 +361,7 @@ def test_metrics_view_gets_a_port_placeholder():
     ({0, 1}, 1, False, None),
 ])
 def test_tracer_runs_on_the_cpus_the_pinned_senders_leave(monkeypatch, cpus, senders, pin, expected):
-    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: cpus)
+    monkeypatch.setattr(bench.run.os, "sched_getaffinity", lambda pid: cpus)
     b = bench.Bench.__new__(bench.Bench)
     b.args = type("Args", (), {"pin": pin, "senders": senders})()
     assert b.tracer_cpus() == expected

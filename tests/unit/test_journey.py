@@ -1,7 +1,7 @@
 """Steps -> journeys -> verdicts, from synthetic steps (tracer/journey.py)."""
 
 from tracer.journey import Journeys, verdict
-from tracer.lab import ETH_P_LAB, ether
+from lab import ETH_P_LAB, ether
 
 H1, H2, H3 = "02:b7:00:00:00:01", "02:b7:00:00:00:02", "02:b7:00:00:00:03"
 BCAST = "ff:ff:ff:ff:ff:ff"

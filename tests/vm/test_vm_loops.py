@@ -16,7 +16,7 @@ Under TCG emulation every bcc compile costs 10-40 s (drops + forward + fdb +
 decide here), so brtrace is started once per lab, and each test asserts on its
 own part of that one JSON output. Two labs, two brtrace runs:
 
-- `run`: the host tier's test_reflecting_vpn_tap (tracer.lab.Lab, STP off):
+- `run`: the host tier's test_reflecting_vpn_tap (lab.Lab, STP off):
   host 1 is "the VM", host 2 "the gateway", and a tinc-like tap whose reader
   writes every frame straight back; one bounded burst of each kind of
   traffic. The VM's broadcasts are distinct (numbered) frames, as a real VM's
@@ -44,7 +44,7 @@ if not (os.path.isdir("/vmh/out") and platform.release().startswith("6.1.")):
                 allow_module_level=True)
 
 from harness import Tracer  # tests/integration/harness.py
-from tracer.lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames
+from lab import BROADCAST, ETH_P_LAB, Lab, ether, send_frames
 
 # Not test_vm_drops.py's brtv<pid> (same pytest process): an "l" for loops.
 PREFIX = f"brtv{os.getpid() % 1000}l"

@@ -9,7 +9,7 @@ circulates for ever.  Every node then sees the storm on its t3o, MACs move betwe
 ports in the FDBs, and a node whose own frames come back through t3o logs
 ``br-int: received packet on t3o with own address as source address``.
 
-:mod:`tracer.lab` fakes this with a tap reader that writes frames straight back
+:mod:`lab.topology` fakes this with a tap reader that writes frames straight back
 (``reader="reflect"``).  This module runs the real thing: Debian's tincd 1.0.36,
 one daemon per node, so the rates, the CPU cost and the MAC learning of a
 genuine VPN can be checked.
@@ -25,12 +25,12 @@ Layout (prefix ``brtinc``, nodes=3, gateway=True)::
 
     add_direct_link(1, 2):  brtinc-n1 br-int:dl2 <-veth-> dl1:br-int brtinc-n2
 
-Design rules, each for a reason (the same as tracer.lab's):
+Design rules, each for a reason (the same as lab.topology's):
 
 * Namespaces only, named ``<prefix>-...``: the underlay (192.0.2.0/24,
   documentation space) never touches the root namespace, and cleanup is
   "kill our tincds, delete the namespaces we created, remove our temp dir".
-  Namespaces are created through a never-built :class:`tracer.lab.Lab`, used
+  Namespaces are created through a never-built :class:`lab.topology.Lab`, used
   as the registry, so they get the same treatment (lo up, IPv6 off: no
   DAD/MLD/RS chatter that would spoil exact counts).
 * Deterministic names, MACs and addresses, exposed as :class:`TincNode` and
@@ -75,8 +75,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from tracer.lab import (CHILD_PYTHON, Lab, LabError, _kill_pid, _set_pdeathsig, arp_request,
-                        ns_argv, ping, run, send_frames)
+from lab.frames import arp_request
+from lab.proc import LabError, _kill_pid, _set_pdeathsig, child_argv, ns_argv, run
+from lab.topology import Lab
+from lab.traffic import ping, send_frames
 
 __all__ = ["TincMesh", "TincNode", "Vm", "DirectLink", "LabError"]
 
@@ -141,16 +143,6 @@ class DirectLink:
     port_b: str         # on node b's br-int: dl<a>
     watchdog: Optional[subprocess.Popen] = None
     broken: bool = False
-
-
-# Runs inside node a's namespace: after `hold` seconds delete the direct link
-# (both veth ends go), ending the storm even if the test never breaks it.
-_LINK_WATCHDOG = r"""
-import subprocess, sys, time
-time.sleep(float(sys.argv[1]))
-subprocess.run(["ip", "link", "del", sys.argv[2]], stdout=subprocess.DEVNULL,
-               stderr=subprocess.DEVNULL, timeout=30)
-"""
 
 
 def _proc_starttime(pid: int) -> Optional[int]:
@@ -465,7 +457,7 @@ class TincMesh:
         self._lab.ip(na.netns, "link", "set", link.port_a, "master", na.bridge)
         self._lab.ip(nb.netns, "link", "set", link.port_b, "master", nb.bridge)
         link.watchdog = subprocess.Popen(
-            ns_argv(na.netns, [CHILD_PYTHON, "-c", _LINK_WATCHDOG, repr(hold), link.port_a]),
+            ns_argv(na.netns, child_argv("watchdog.py", repr(hold), link.port_a)),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
         self._lab._children.append(link.watchdog)
         self._lab.ip(na.netns, "link", "set", link.port_a, "up")

@@ -1,4 +1,5 @@
-"""Build small, disposable bridge labs in network namespaces, and break them on purpose.
+"""The lab's topology builder: small, disposable bridges in network namespaces,
+broken on purpose.
 
 Why this exists: brtrace claims "this frame was dropped on this port for this
 reason".  The only honest way to test that is to build a bridge whose faults we
@@ -23,37 +24,15 @@ next to the helper that reproduces it (see ``FAULTS`` below).
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import select
-import shutil
-import signal
-import socket
-import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-# The interpreter used *inside* namespaces for child helpers.  The system
-# python is used (not sys.executable) because child scripts need nothing but
-# the standard library, and a venv interpreter may not be usable after
-# `ip netns exec` remounts /sys.
-CHILD_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-NETNS_RUN_DIR = "/run/netns"
-
-# Ethertypes used by the frame builders.
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-# IEEE 802 "local experimental" ethertype: no protocol handler in the kernel,
-# so frames of this type are easy to recognise (kfree_skb protocol=0xb588 when
-# printed host-endian) and are never answered by a stack.
-ETH_P_LAB = 0x88B5
-
-BROADCAST = "ff:ff:ff:ff:ff:ff"
+from lab.proc import (LabError, _kill_pid, _set_pdeathsig, child_argv, netns_exists, netns_inode,
+                      netns_path, ns_argv, run)
 
 # Ground truth measured on kernel 6.18 with tracefs skb:kfree_skb (K=50 frames
 # each, exactly K events unless noted).  fault -> (reason, location symbol).
@@ -75,290 +54,6 @@ FAULTS: Dict[str, tuple] = {
     "veth_mtu": ("NOT_SPECIFIED", "__dev_forward_skb2"),
 }
 
-
-class LabError(RuntimeError):
-    """A lab command failed; the message carries the command and its stderr."""
-
-
-# --------------------------------------------------------------------------
-# small process helpers
-# --------------------------------------------------------------------------
-
-def run(argv: Sequence[str], check: bool = True, timeout: float = 30.0,
-        input: Optional[bytes] = None) -> subprocess.CompletedProcess:
-    """Run one command with a timeout; raise LabError with its stderr on failure.
-
-    Every lab action goes through here so a hung tool can never hang a test.
-    """
-    try:
-        proc = subprocess.run(list(argv), input=input, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout)
-    except subprocess.TimeoutExpired:  # subprocess.run already killed the child
-        raise LabError("%s timed out after %.0fs" % (" ".join(argv[:6]), timeout)) from None
-    if check and proc.returncode != 0:
-        raise LabError("%s failed (rc=%d): %s" % (
-            " ".join(argv), proc.returncode, proc.stderr.decode(errors="replace").strip()))
-    return proc
-
-
-def ns_argv(netns: Optional[str], argv: Sequence[str]) -> List[str]:
-    """Prefix argv with `ip netns exec NS` (or nothing for the root namespace)."""
-    return (["ip", "netns", "exec", netns] if netns else []) + list(argv)
-
-
-def netns_inode(name: str) -> int:
-    """Inode of /run/netns/NAME: brtrace identifies namespaces by this number."""
-    return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
-
-
-def netns_path(name: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, name)
-
-
-def netns_exists(name: str) -> bool:
-    """True if `ip netns` knows NAME (its bind mount exists)."""
-    return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
-
-
-def _set_pdeathsig() -> None:
-    """In a child: ask for SIGTERM when the parent dies, so no helper outlives us."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort: children also have their own time bound
-        pass
-
-
-def _kill_pid(proc: subprocess.Popen, grace: float = 2.0) -> None:
-    """Stop one child we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-    except ProcessLookupError:
-        pass
-
-
-# --------------------------------------------------------------------------
-# frame builders (pure functions, easy to unit test)
-# --------------------------------------------------------------------------
-
-def mac_bytes(mac: str) -> bytes:
-    """'02:00:..' -> 6 bytes."""
-    raw = bytes(int(part, 16) for part in mac.split(":"))
-    if len(raw) != 6:
-        raise ValueError("bad MAC %r" % mac)
-    return raw
-
-
-def pad60(frame: bytes) -> bytes:
-    """Pad to the 60-byte Ethernet minimum (without FCS): veth does not pad for us."""
-    return frame + b"\x00" * max(0, 60 - len(frame))
-
-
-def ether(dst: str, src: str, ethertype: int, payload: bytes = b"") -> bytes:
-    """An Ethernet II frame, padded to 60 bytes."""
-    return pad60(mac_bytes(dst) + mac_bytes(src) + struct.pack("!H", ethertype) + payload)
-
-
-def inet_checksum(data: bytes) -> int:
-    """RFC 1071 ones-complement sum."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
-    """Broadcast who-has TARGET tell SRC."""
-    body = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1)
-    body += mac_bytes(src_mac) + socket.inet_aton(src_ip)
-    body += b"\x00" * 6 + socket.inet_aton(target_ip)
-    return ether(BROADCAST, src_mac, ETH_P_ARP, body)
-
-
-def ipv4_udp(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str,
-             sport: int, dport: int, payload: bytes = b"", ttl: int = 64,
-             frame_len: Optional[int] = None) -> bytes:
-    """An Ethernet/IPv4/UDP frame with correct IP and UDP checksums.
-
-    frame_len, if given, grows the UDP payload so the whole frame (14-byte
-    Ethernet header included) is exactly that long: handy for MTU tests.
-    """
-    if frame_len is not None:
-        need = frame_len - 14 - 20 - 8
-        if need < len(payload):
-            raise ValueError("frame_len %d too small" % frame_len)
-        payload = payload + b"\x00" * (need - len(payload))
-    udp_len = 8 + len(payload)
-    src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
-    pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
-    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
-    csum = inet_checksum(pseudo + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, ttl, 17, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
-    return ether(dst_mac, src_mac, ETH_P_IP, ip + udp)
-
-
-# --------------------------------------------------------------------------
-# bounded traffic generators
-# --------------------------------------------------------------------------
-
-# Runs inside the namespace.  argv: ifname count interval frame-hex.
-# Protocol 0 on the packet socket means "transmit only": it never receives,
-# so the sender itself adds no receive-side drops to what we measure.
-_SENDER = r"""
-import errno, socket, sys, time
-ifname, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-frame = bytes.fromhex(sys.argv[4])
-seq = int(sys.argv[5]) if len(sys.argv) > 5 else -1
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-s.bind((ifname, 0))
-sent = refused = 0
-for i in range(count):
-    if seq >= 0:
-        frame = frame[:seq] + i.to_bytes(4, "big") + frame[seq + 4:]
-    try:
-        n = s.send(frame)
-        if n != len(frame):
-            sys.exit("short send %d/%d" % (n, len(frame)))
-    except OSError as e:
-        # ENOBUFS means the device's xmit dropped the frame *after* it left the
-        # socket (e.g. veth peer MTU too small).  The frame was sent; retrying
-        # would send more than `count`.
-        if e.errno != errno.ENOBUFS:
-            raise
-        refused += 1
-    sent += 1
-    if interval:
-        time.sleep(interval)
-print(sent, refused)
-"""
-
-
-def _sender_argv(netns: str, ifname: str, frame: bytes, count: int,
-                 interval: float, seq_offset: Optional[int] = None) -> List[str]:
-    if seq_offset is not None and not 0 <= seq_offset <= len(frame) - 4:
-        raise ValueError("seq_offset must leave 4 bytes inside the frame")
-    return ns_argv(netns, [CHILD_PYTHON, "-c", _SENDER, ifname, str(count), repr(interval),
-                           frame.hex()] + ([str(seq_offset)] if seq_offset is not None else []))
-
-
-def send_frames(netns: str, ifname: str, frame: bytes, count: int,
-                interval: float = 0.0, timeout: Optional[float] = None,
-                seq_offset: Optional[int] = None) -> int:
-    """Send exactly `count` copies of `frame` out of IFNAME inside NETNS;
-    with `seq_offset`, copy i carries i (4 bytes, big-endian) there, so
-    every frame is a new one.
-
-    Returns only after the child has sent them all (and says so); raises
-    LabError otherwise.  A child process is used because the caller may be
-    multi-threaded and setns() would move the whole thread.
-    """
-    if count < 0:
-        raise ValueError("count must be >= 0")
-    if timeout is None:
-        timeout = 10.0 + count * (interval + 0.01)
-    proc = run(_sender_argv(netns, ifname, frame, count, interval, seq_offset), timeout=timeout)
-    sent = _parse_sent(proc.stdout)
-    if sent != count:
-        raise LabError("sender reported %d of %d frames" % (sent, count))
-    return sent
-
-
-def start_sender(netns: str, ifname: str, frame: bytes, count: int,
-                 interval: float) -> subprocess.Popen:
-    """Like send_frames() but returns at once; finish with wait_sender().
-
-    Lets several bounded generators run side by side (the demo does this).
-    """
-    return subprocess.Popen(_sender_argv(netns, ifname, frame, count, interval),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_set_pdeathsig)
-
-
-def wait_sender(proc: subprocess.Popen, timeout: float) -> int:
-    """Wait for a start_sender() child; kill it (by PID) if it overruns."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_pid(proc)
-        proc.communicate()
-        raise LabError("sender %d overran %.0fs" % (proc.pid, timeout)) from None
-    if proc.returncode != 0:
-        raise LabError("sender failed: %s" % err.decode(errors="replace").strip())
-    return _parse_sent(out)
-
-
-def _parse_sent(out: bytes) -> int:
-    """The sender prints 'SENT REFUSED'; REFUSED frames were dropped by the
-    device's xmit path (ENOBUFS) and still count as sent."""
-    fields = out.decode().split()
-    return int(fields[0]) if fields else -1
-
-
-# Fallback for machines without iputils ping: ICMP echo over a raw socket.
-# argv: dst count interval deadline.  Exit 0 if at least one reply arrived.
-_PINGER = r"""
-import os, select, socket, struct, sys, time
-dst, count, interval, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while t >> 16: t = (t & 0xffff) + (t >> 16)
-    return ~t & 0xffff
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-ident, got, sent = os.getpid() & 0xffff, set(), 0
-end = time.monotonic() + deadline
-next_send = time.monotonic()
-while time.monotonic() < end and len(got) < count:
-    now = time.monotonic()
-    if sent < count and now >= next_send:
-        body = b"brtl-ping" + bytes(47)
-        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, sent)
-        s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + body), ident, sent) + body, (dst, 0))
-        sent += 1
-        next_send = now + interval
-    wait = max(0.0, min(end, next_send if sent < count else end) - time.monotonic())
-    r, _, _ = select.select([s], [], [], wait)
-    if r:
-        pkt = s.recv(2048)
-        ihl = (pkt[0] & 15) * 4
-        t, _, _, i, seq = struct.unpack("!BBHHH", pkt[ihl:ihl + 8])
-        if t == 0 and i == ident:
-            got.add(seq)
-print("%d/%d" % (len(got), sent))
-sys.exit(0 if got else 1)
-"""
-
-
-def ping(netns: str, ip: str, count: int = 3, interval: float = 0.2,
-         deadline: Optional[float] = None) -> bool:
-    """Bounded ping (-c and -w) from NETNS; True if any reply came back.
-
-    Uses iputils ping when installed, else an equivalent raw-socket child,
-    because minimal images (like our CI VM) ship without ping.
-    """
-    if deadline is None:
-        deadline = max(2.0, count * interval + 2.0)
-    if shutil.which("ping"):
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval),
-                "-w", str(int(deadline + 0.999)), ip]
-    else:
-        argv = [CHILD_PYTHON, "-c", _PINGER, ip, str(count), repr(interval), repr(deadline)]
-    return run(ns_argv(netns, argv), check=False, timeout=deadline + 10).returncode == 0
-
-
-# --------------------------------------------------------------------------
-# the lab
-# --------------------------------------------------------------------------
 
 @dataclass
 class Host:
@@ -414,74 +109,6 @@ class PeerLoop:
         return [k for k, st in self.states.items() if st == "forwarding"]
 
 
-# Runs inside the lab's bridge namespace: after `hold` seconds, delete the
-# given veths (ending a broadcast storm) even if the test never called
-# break_loop().  argv: hold dev...
-_LOOP_WATCHDOG = r"""
-import subprocess, sys, time
-time.sleep(float(sys.argv[1]))
-for dev in sys.argv[2:]:
-    subprocess.run(["ip", "link", "del", dev], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=30)
-"""
-
-
-# Runs inside the bridge namespace: attach to an existing tap and never read.
-# The kernel queues up to txqueuelen frames in the tap's ring, then drops.
-_STALLED_READER = r"""
-import fcntl, os, struct, sys, time
-name, hold = sys.argv[1], float(sys.argv[2])
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454ca, 0x0002, 0x1000
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
-print("ready", flush=True)
-time.sleep(hold)
-"""
-
-# Runs inside the bridge namespace: attach to an existing tap and write every
-# frame read from it straight back, unchanged -- a "looping VPN" (tinc or
-# OpenVPN in tap mode whose far end reflects).  argv: name hold max_frames
-# delay.  Bounded by `hold` seconds AND `max_frames` reflections; prints
-# "reflected N" on exit (also on SIGTERM) so the caller learns the count.
-_REFLECTOR = r"""
-import errno, fcntl, os, select, signal, struct, sys, time
-name, hold, max_frames, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454ca, 0x0002, 0x1000
-def stop(signum, frame):
-    raise SystemExit(0)
-signal.signal(signal.SIGTERM, stop)
-if len(sys.argv) > 5:   # look like a VPN daemon to /proc/PID/comm (PR_SET_NAME)
-    import ctypes
-    ctypes.CDLL(None).prctl(15, sys.argv[5].encode(), 0, 0, 0)
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
-print("ready", flush=True)
-end = time.monotonic() + hold
-n = failed = 0
-try:
-    while n + failed < max_frames:
-        left = end - time.monotonic()
-        if left <= 0:
-            break
-        if not select.select([fd], [], [], left)[0]:
-            break
-        frame = os.read(fd, 65536)
-        if delay:
-            time.sleep(min(delay, max(0.0, end - time.monotonic())))
-        try:
-            os.write(fd, frame)
-        except OSError as e:
-            # EIO: the tap went down under us; anything else is a real bug.
-            if e.errno != errno.EIO:
-                raise
-            failed += 1
-            continue
-        n += 1
-finally:
-    print("reflected %d failed %d" % (n, failed), flush=True)
-"""
-
-
 @dataclass
 class SlowPeerLoop(PeerLoop):
     """A peer bridge joined to the lab bridge by one fast link and one slow one.
@@ -499,112 +126,6 @@ class SlowPeerLoop(PeerLoop):
     relay_link: tuple = ()                                   # (lab tap, peer tap)
     relay: Optional[subprocess.Popen] = None
     relay_stats: Dict[str, int] = field(default_factory=dict)
-
-
-# A slow link without netem (this kernel has none): a userspace relay between
-# tap A (in the namespace we are started in, via `ip netns exec`) and tap B
-# (in another namespace, given as its /run/netns path).  Every frame read from
-# one tap is written to the other `delay` seconds later.  argv: tap_a
-# netns_b_path tap_b hold max_frames delay queue_limit.
-#
-# * One process, two namespaces: open tap A's fd first, then setns() into B
-#   and open tap B.  A tun fd stays bound to its device (and that device's
-#   namespace), so both fds keep working from wherever the process sits.
-# * A timed queue per direction, not a sleep per frame: frames arriving while
-#   others are held are held *concurrently*, so throughput is not 1/delay.
-#   The delay is constant, so release times are in arrival order and a FIFO
-#   (deque) is already sorted; select() sleeps until the next release.
-# * Bounded by `hold` seconds AND `max_frames` frames relayed; each queue
-#   holds at most `queue_limit` frames (more are dropped and counted), so a
-#   storm through the relay cannot eat memory.
-# * Prints "ready" once both fds are open (both taps then have carrier), and
-#   "relayed N a2b N b2a N failed N dropped N" on exit, SIGTERM included.
-_RELAY = r"""
-import collections, errno, fcntl, os, select, signal, struct, sys, time
-tap_a, ns_b, tap_b = sys.argv[1], sys.argv[2], sys.argv[3]
-hold, max_frames, delay = float(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-limit = int(sys.argv[7])
-TUNSETIFF, IFF_TAP, IFF_NO_PI, CLONE_NEWNET = 0x400454ca, 0x0002, 0x1000, 0x40000000
-def stop(signum, frame):
-    raise SystemExit(0)
-signal.signal(signal.SIGTERM, stop)
-
-def open_tap(name):
-    # Non-blocking: we drain each fd until EAGAIN, and never block in write.
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
-    return fd
-
-def setns_net(path):
-    nsfd = os.open(path, os.O_RDONLY)
-    try:
-        if hasattr(os, "setns"):          # Python >= 3.12
-            os.setns(nsfd, CLONE_NEWNET)
-        else:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(nsfd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, "setns(%s): %s" % (path, os.strerror(err)))
-    finally:
-        os.close(nsfd)
-
-fd_a = open_tap(tap_a)
-setns_net(ns_b)
-fd_b = open_tap(tap_b)
-print("ready", flush=True)
-
-dest = {fd_a: fd_b, fd_b: fd_a}
-queue = {fd_a: collections.deque(), fd_b: collections.deque()}   # by source fd
-moved = {fd_a: 0, fd_b: 0}
-n = failed = dropped = 0
-gone = ""
-end = time.monotonic() + hold
-try:
-    while n < max_frames and not gone:
-        now = time.monotonic()
-        for src, q in queue.items():              # release whatever is due
-            while q and q[0][0] <= now and n < max_frames:
-                frame = q.popleft()[1]
-                try:
-                    os.write(dest[src], frame)
-                except OSError as e:
-                    if e.errno == errno.EBADFD:   # the device was deleted
-                        gone = tap_b if src == fd_a else tap_a
-                        break
-                    # EIO: tap down; EAGAIN/ENOBUFS: no room.  The frame is lost,
-                    # as on a real link; anything else is a bug.
-                    if e.errno not in (errno.EIO, errno.EAGAIN, errno.ENOBUFS):
-                        raise
-                    failed += 1
-                    continue
-                n += 1
-                moved[src] += 1
-        if n >= max_frames or gone or now >= end:
-            break
-        wake = min([end] + [q[0][0] for q in queue.values() if q])
-        readable = select.select([fd_a, fd_b], [], [], max(0.0, wake - time.monotonic()))[0]
-        arrived = time.monotonic()
-        for src in readable:
-            for _ in range(256):                  # a batch, so one side cannot starve the other
-                try:
-                    frame = os.read(src, 65536)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBADFD:
-                        raise
-                    gone = tap_a if src == fd_a else tap_b
-                    break
-                if len(queue[src]) >= limit:
-                    dropped += 1
-                else:
-                    queue[src].append((arrived + delay, frame))
-finally:
-    print("relayed %d a2b %d b2a %d failed %d dropped %d%s" % (
-        n, moved[fd_a], moved[fd_b], failed, dropped, (" gone " + gone) if gone else ""),
-        flush=True)
-"""
 
 
 class Lab:
@@ -772,9 +293,9 @@ class Lab:
         if tap.proc is not None:
             raise LabError("tap %s already has a reader" % name)
         if reader == "stalled":
-            tap.proc = self._start_tap_child(name, _STALLED_READER, [repr(hold)])
+            tap.proc = self._start_tap_child(name, "tap_stalled.py", [repr(hold)])
         elif reader == "reflect":
-            tap.proc = self._start_tap_child(name, _REFLECTOR, [repr(hold), str(max_frames),
+            tap.proc = self._start_tap_child(name, "tap_reflector.py", [repr(hold), str(max_frames),
                                                                 repr(delay)] + ([comm] if comm else []))
         else:
             raise ValueError("reader must be 'stalled' or 'reflect'")
@@ -787,7 +308,7 @@ class Lab:
         and the bridge port is disabled, so frames sent earlier would not
         reach it at all.
         """
-        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", script, name] + list(args))
+        argv = ns_argv(self.bridge_ns, child_argv(script, name, *args))
         return self._start_ready_child(argv, "tap child for %s" % name)
 
     def _start_ready_child(self, argv: Sequence[str], what: str) -> subprocess.Popen:
@@ -977,8 +498,8 @@ class Lab:
 
     def _start_loop_watchdog(self, loop: PeerLoop, hold: float) -> None:
         """Child of ours that deletes every loop link but the first after `hold` s."""
-        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _LOOP_WATCHDOG, repr(hold)]
-                       + [lab for lab, _ in loop.links[1:]])
+        argv = ns_argv(self.bridge_ns, child_argv("watchdog.py", repr(hold),
+                                                  *[lab for lab, _ in loop.links[1:]]))
         loop.watchdog = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig)
         self._children.append(loop.watchdog)
@@ -1028,10 +549,10 @@ class Lab:
         loop.links.append(loop.relay_link)
         loop.links.append(self._add_peer_veth(loop, "%sl1" % self.prefix, "p1"))
         self._start_loop_watchdog(loop, hold)
-        argv = ns_argv(self.bridge_ns, [CHILD_PYTHON, "-c", _RELAY, lab_tap,
-                                        netns_path(loop.netns), peer_tap, repr(hold),
-                                        str(max_frames), repr(delay),
-                                        str(self.RELAY_QUEUE_LIMIT)])
+        argv = ns_argv(self.bridge_ns, child_argv("relay.py", lab_tap,
+                                                  netns_path(loop.netns), peer_tap, repr(hold),
+                                                  str(max_frames), repr(delay),
+                                                  str(self.RELAY_QUEUE_LIMIT)))
         loop.relay = self._start_ready_child(argv, "relay %s <-> %s" % (lab_tap, peer_tap))
         # The veth comes up last: only now is the loop closed.
         lab_port, peer_port = loop.links[1]
@@ -1197,210 +718,3 @@ class Lab:
         self.hosts.clear()
         self.peer_loop = None
 
-
-# --------------------------------------------------------------------------
-# ground truth from tracefs (independent of brtrace's BPF code)
-# --------------------------------------------------------------------------
-
-TRACEFS = "/sys/kernel/tracing"
-
-
-@dataclass
-class Drop:
-    """One skb:kfree_skb line, with the device the skb was last seen on."""
-    reason: str
-    location: str     # symbol+0xoff/0xsize as tracefs prints it
-    protocol: int     # skb->protocol as printed (network order read as host int)
-    skbaddr: str
-    dev: Optional[str]
-
-    @property
-    def symbol(self) -> str:
-        return self.location.split("+")[0]
-
-
-class KfreeSkbTrace:
-    """Record skb:kfree_skb in a private tracefs instance (instances/NAME).
-
-    Why a private instance: the global buffer may be in use by others, and an
-    instance can be created, enabled and removed without touching it.
-    net:netif_receive_skb and net:net_dev_queue are recorded too, only so each
-    drop can be attributed to the device its skb was last seen on (kfree_skb
-    itself carries no device).  Use as a context manager around the traffic.
-    """
-
-    EVENTS = ("skb/kfree_skb", "net/netif_receive_skb", "net/net_dev_queue")
-
-    def __init__(self, name: str = "brtl", buffer_kb: int = 4096, consume: bool = False):
-        self.dir = os.path.join(TRACEFS, "instances", name)
-        self.buffer_kb = buffer_kb
-        self.events = self.EVENTS + (("skb/consume_skb",) if consume else ())
-        self.lines: List[str] = []
-
-    def _write(self, rel: str, value: str) -> None:
-        with open(os.path.join(self.dir, rel), "w") as f:
-            f.write(value)
-
-    def __enter__(self) -> "KfreeSkbTrace":
-        if not os.path.isdir(os.path.join(TRACEFS, "instances")):
-            raise LabError("tracefs not mounted at %s" % TRACEFS)
-        if not os.path.isdir(self.dir):
-            os.mkdir(self.dir)
-        try:
-            self._write("buffer_size_kb", str(self.buffer_kb))
-            self._write("trace", "")
-            for ev in self.events:
-                self._write("events/%s/enable" % ev, "1")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def stop(self) -> List[str]:
-        """Disable events and keep the buffer's lines."""
-        for ev in self.events:
-            try:
-                self._write("events/%s/enable" % ev, "0")
-            except OSError:
-                pass
-        with open(os.path.join(self.dir, "trace")) as f:
-            self.lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
-        return self.lines
-
-    def close(self) -> None:
-        """Disable our events and remove the instance (idempotent)."""
-        if not os.path.isdir(self.dir):
-            return
-        if not self.lines:
-            try:
-                self.stop()
-            except OSError:
-                pass
-        try:
-            os.rmdir(self.dir)
-        except OSError:
-            pass
-
-    def drops(self) -> List[Drop]:
-        """Parse kfree_skb lines, attributing each to the skb's last device."""
-        last_dev: Dict[str, str] = {}
-        out = []
-        for line in self.lines:
-            if "netif_receive_skb:" in line or "net_dev_queue:" in line:
-                dev = _field(line, "dev=")
-                addr = _field(line, "skbaddr=")
-                if dev and addr:
-                    last_dev[addr] = dev
-            elif "kfree_skb:" in line:
-                addr = _field(line, "skbaddr=")
-                out.append(Drop(reason=line.rsplit("reason: ", 1)[-1].strip(),
-                                location=_field(line, "location=") or "?",
-                                protocol=int(_field(line, "protocol=") or 0),
-                                skbaddr=addr or "", dev=last_dev.pop(addr, None)))
-        return out
-
-
-def _field(line: str, key: str) -> Optional[str]:
-    """Value after KEY up to the next space in a trace line."""
-    at = line.find(key)
-    if at < 0:
-        return None
-    return line[at + len(key):].split(" ", 1)[0]
-
-
-def summarize(drops: Sequence[Drop], devices: Optional[Sequence[str]] = None) -> Dict[tuple, int]:
-    """Count drops by (reason, symbol, dev), keeping only DEVICES if given."""
-    counts: Dict[tuple, int] = {}
-    for d in drops:
-        if devices is not None and d.dev not in devices:
-            continue
-        key = (d.reason, d.symbol, d.dev)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-# --------------------------------------------------------------------------
-# demo: several reproduced faults at once
-# --------------------------------------------------------------------------
-
-DEMO_TAP_MAC = "02:b7:00:00:aa:01"
-
-
-@dataclass
-class DemoPlan:
-    """What build_demo() set up, so drive_demo() and tests know what to expect."""
-    faults: Dict[str, str] = field(default_factory=dict)   # fault -> port it shows on
-
-
-def build_demo(lab: Lab) -> DemoPlan:
-    """Turn a Lab with >= 4 hosts into a bridge with five different faults.
-
-    h1 is the talker.  vnet1 (h2) is held in STP listening; vnet2 (h3) has a too-small
-    MTU; an nft rule drops UDP/9999; tap `<prefix>tap0` has a stalled reader; and
-    frames to h1's own MAC sent by h1 come back to the same port.
-    """
-    if len(lab.hosts) < 4:
-        raise LabError("build_demo needs a Lab with hosts >= 4")
-    plan = DemoPlan()
-    # "listening" rather than "blocking": with STP off the kernel only keeps
-    # 0-2 (see set_stp_state); the drop path and reason are the same.
-    lab.set_stp_state(lab.host(2).port, 1)
-    plan.faults["stp_listening"] = lab.host(2).port
-    lab.set_bridge_mtu(1500)
-    lab.set_mtu(lab.bridge_ns, lab.host(3).port, 1000)
-    plan.faults["egress_mtu_ipv4_df"] = lab.host(3).port
-    lab.nft_drop("forward", "udp dport 9999")
-    plan.faults["nft_drop"] = lab.host(1).port
-    tap = lab.add_tap(lab.prefix + "tap0", reader="stalled", hold=120.0, txqueuelen=10)
-    lab.add_fdb(DEMO_TAP_MAC, tap.name)
-    plan.faults["tap_stalled"] = tap.name
-    plan.faults["same_port"] = lab.host(1).port
-    plan.faults["mcast_source"] = lab.host(1).port
-    return plan
-
-
-def demo_frames(lab: Lab) -> Dict[str, tuple]:
-    """fault -> (netns, ifname, frame) that triggers it once."""
-    h1, h2, h3, h4 = lab.host(1), lab.host(2), lab.host(3), lab.host(4)
-    return {
-        # STP listening: h2 talks to h4, vnet1 refuses it.
-        "stp_listening": (h2.netns, h2.ifname, ipv4_udp(h4.mac, h2.mac, h2.ip, h4.ip, 4000, 5000)),
-        # Egress MTU: 1400-byte frame to h3, whose bridge port has MTU 1000.
-        "egress_mtu_ipv4_df": (h1.netns, h1.ifname,
-                       ipv4_udp(h3.mac, h1.mac, h1.ip, h3.ip, 4000, 5000, frame_len=1400)),
-        # nft: UDP/9999 forwarded h1 -> h4.
-        "nft_drop": (h1.netns, h1.ifname, ipv4_udp(h4.mac, h1.mac, h1.ip, h4.ip, 4000, 9999)),
-        # Stalled tap: frames to the tap's static FDB entry.
-        "tap_stalled": (h1.netns, h1.ifname, ether(DEMO_TAP_MAC, h1.mac, ETH_P_LAB, b"tap")),
-        # Same port: h1 sends to its own (learned) MAC.
-        "same_port": (h1.netns, h1.ifname, ether(h1.mac, h1.mac, ETH_P_LAB, b"hairpin")),
-        # Multicast source MAC.
-        "mcast_source": (h1.netns, h1.ifname,
-                         ether(h4.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"mcast-src")),
-    }
-
-
-def drive_demo(lab: Lab, seconds: float = 10.0, rate: int = 20) -> Dict[str, int]:
-    """Send every demo fault `rate` times a second for `seconds`, all in parallel.
-
-    Bounded: each generator sends exactly seconds*rate frames and is killed
-    if it overruns.  Returns frames sent per fault.  h3 and h4 announce
-    themselves first (one broadcast each, which also lands in the stalled
-    tap's ring), so frames to them are forwarded rather than flooded.
-    """
-    for h in (lab.host(3), lab.host(4)):   # one broadcast each: the bridge learns them
-        send_frames(h.netns, h.ifname, ether(BROADCAST, h.mac, ETH_P_LAB, b"hello"), 1)
-    count = max(1, int(seconds * rate))
-    procs = {name: start_sender(netns, ifname, frame, count, 1.0 / rate)
-             for name, (netns, ifname, frame) in demo_frames(lab).items()}
-    sent = {}
-    try:
-        for name, proc in procs.items():
-            sent[name] = wait_sender(proc, timeout=seconds * 2 + 15)
-    finally:
-        for proc in procs.values():
-            _kill_pid(proc)
-    return sent

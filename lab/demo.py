@@ -2,13 +2,13 @@
 traced by the real `brtrace drops` for about ten seconds, then torn down.
 
 `--incident` instead rebuilds the 2017 morning with real tinc 1.0 daemons
-(tracer.tinc_lab): three KVM hosts whose br-int bridges are joined by a tinc
+(lab.tinc): three KVM hosts whose br-int bridges are joined by a tinc
 VPN in switch mode, plus a second path between hosts 1 and 2 that closes a
 loop.  One ARP request starts the storm; seconds later the operator runs the
 real `brtrace loops` on host 3, then the kernel log and the guests' ARP tables
 are shown as the incident's other symptoms, and everything is torn down.
 
-Run as root: python -m tracer.demo [--incident] [--seconds N]
+Run as root: python -m lab.demo [--incident] [--seconds N]
 """
 
 from __future__ import annotations
@@ -21,12 +21,99 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Dict
 
-from tracer.lab import (Lab, LabError, _kill_pid, _set_pdeathsig, build_demo, drive_demo, ns_argv,
-                        run)
+from lab.frames import BROADCAST, ETH_P_LAB, ether, ipv4_udp
+from lab.proc import LabError, _kill_pid, _set_pdeathsig, ns_argv, run
+from lab.topology import Lab
+from lab.traffic import send_frames, start_sender, wait_sender
 
 PREFIX = "brtdemo"
 INCIDENT_PREFIX = "brtinc-demo"     # namespaces brtinc-demo-n1 ... brtinc-demo-n3v (<= 15 chars)
+
+
+# ---- the plain demo: several reproduced faults at once -----------------------
+
+DEMO_TAP_MAC = "02:b7:00:00:aa:01"
+
+
+@dataclass
+class DemoPlan:
+    """What build_demo() set up, so drive_demo() and tests know what to expect."""
+    faults: Dict[str, str] = field(default_factory=dict)   # fault -> port it shows on
+
+
+def build_demo(lab: Lab) -> DemoPlan:
+    """Turn a Lab with >= 4 hosts into a bridge with five different faults.
+
+    h1 is the talker.  vnet1 (h2) is held in STP listening; vnet2 (h3) has a too-small
+    MTU; an nft rule drops UDP/9999; tap `<prefix>tap0` has a stalled reader; and
+    frames to h1's own MAC sent by h1 come back to the same port.
+    """
+    if len(lab.hosts) < 4:
+        raise LabError("build_demo needs a Lab with hosts >= 4")
+    plan = DemoPlan()
+    # "listening" rather than "blocking": with STP off the kernel only keeps
+    # 0-2 (see set_stp_state); the drop path and reason are the same.
+    lab.set_stp_state(lab.host(2).port, 1)
+    plan.faults["stp_listening"] = lab.host(2).port
+    lab.set_bridge_mtu(1500)
+    lab.set_mtu(lab.bridge_ns, lab.host(3).port, 1000)
+    plan.faults["egress_mtu_ipv4_df"] = lab.host(3).port
+    lab.nft_drop("forward", "udp dport 9999")
+    plan.faults["nft_drop"] = lab.host(1).port
+    tap = lab.add_tap(lab.prefix + "tap0", reader="stalled", hold=120.0, txqueuelen=10)
+    lab.add_fdb(DEMO_TAP_MAC, tap.name)
+    plan.faults["tap_stalled"] = tap.name
+    plan.faults["same_port"] = lab.host(1).port
+    plan.faults["mcast_source"] = lab.host(1).port
+    return plan
+
+
+def demo_frames(lab: Lab) -> Dict[str, tuple]:
+    """fault -> (netns, ifname, frame) that triggers it once."""
+    h1, h2, h3, h4 = lab.host(1), lab.host(2), lab.host(3), lab.host(4)
+    return {
+        # STP listening: h2 talks to h4, vnet1 refuses it.
+        "stp_listening": (h2.netns, h2.ifname, ipv4_udp(h4.mac, h2.mac, h2.ip, h4.ip, 4000, 5000)),
+        # Egress MTU: 1400-byte frame to h3, whose bridge port has MTU 1000.
+        "egress_mtu_ipv4_df": (h1.netns, h1.ifname,
+                       ipv4_udp(h3.mac, h1.mac, h1.ip, h3.ip, 4000, 5000, frame_len=1400)),
+        # nft: UDP/9999 forwarded h1 -> h4.
+        "nft_drop": (h1.netns, h1.ifname, ipv4_udp(h4.mac, h1.mac, h1.ip, h4.ip, 4000, 9999)),
+        # Stalled tap: frames to the tap's static FDB entry.
+        "tap_stalled": (h1.netns, h1.ifname, ether(DEMO_TAP_MAC, h1.mac, ETH_P_LAB, b"tap")),
+        # Same port: h1 sends to its own (learned) MAC.
+        "same_port": (h1.netns, h1.ifname, ether(h1.mac, h1.mac, ETH_P_LAB, b"hairpin")),
+        # Multicast source MAC.
+        "mcast_source": (h1.netns, h1.ifname,
+                         ether(h4.mac, "01:00:5e:00:00:01", ETH_P_LAB, b"mcast-src")),
+    }
+
+
+def drive_demo(lab: Lab, seconds: float = 10.0, rate: int = 20) -> Dict[str, int]:
+    """Send every demo fault `rate` times a second for `seconds`, all in parallel.
+
+    Bounded: each generator sends exactly seconds*rate frames and is killed
+    if it overruns.  Returns frames sent per fault.  h3 and h4 announce
+    themselves first (one broadcast each, which also lands in the stalled
+    tap's ring), so frames to them are forwarded rather than flooded.
+    """
+    for h in (lab.host(3), lab.host(4)):   # one broadcast each: the bridge learns them
+        send_frames(h.netns, h.ifname, ether(BROADCAST, h.mac, ETH_P_LAB, b"hello"), 1)
+    count = max(1, int(seconds * rate))
+    procs = {name: start_sender(netns, ifname, frame, count, 1.0 / rate)
+             for name, (netns, ifname, frame) in demo_frames(lab).items()}
+    sent = {}
+    try:
+        for name, proc in procs.items():
+            sent[name] = wait_sender(proc, timeout=seconds * 2 + 15)
+    finally:
+        for proc in procs.values():
+            _kill_pid(proc)
+    return sent
+
 
 
 def main(argv=None) -> int:
@@ -104,7 +191,7 @@ def incident(seconds: float) -> int:
     if not 0 < seconds <= MAX_SECONDS:
         _say(f"--seconds must be > 0 and <= {MAX_SECONDS:g}, got {seconds:g}")
         return 1
-    from tracer.tinc_lab import TINCD, TincMesh   # noqa: PLC0415  (only --incident needs it)
+    from lab.tinc import TINCD, TincMesh   # noqa: PLC0415  (only --incident needs it)
     if not os.access(TINCD, os.X_OK):
         _say(f"tincd not found ({TINCD}): install Debian's tinc package (tinc 1.0)")
         return 1
