@@ -95,25 +95,31 @@ def test_two_bridges_cabled_twice(lab, tracer_factory, late, hooks):
     assert not final["active"]          # the loop was broken before the end
 
 
-def test_hairpin_reflector_with_vm_and_gateway_started_late(lab, tracer_factory):
+@pytest.mark.parametrize("late", [False, True], ids=["clean-start", "started-late"])
+def test_hairpin_reflector_with_vm_and_gateway(lab, tracer_factory, late):
     """A VPN tap that writes every frame back, with hairpin on: the VM's ARP
     for its gateway goes round t3o for ever, and every lap reaches the VM and
-    the gateway, which answers each time. brtrace, started 3 s in, says t3o
-    reflects; the gateway's and the VM's ports are never named, and the
-    gateway's replies are not called a broadcast storm."""
+    the gateway, which answers each time. brtrace, started before or 3 s in,
+    says t3o reflects; the gateway's and the VM's ports are never named, and
+    the gateway's replies are not called a broadcast storm."""
     vm, gw = lab.host(1), lab.host(2)
     # The reflector writes back ~0.5 M frames/s here (the gateway's unicast
     # replies ping-pong through t3o too): bounded by time, not by count.
     tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=50_000_000, hold=20,
                       comm="tincd")
     run(["bridge", "-n", lab.bridge_ns, "link", "set", "dev", tap.name, "hairpin", "on"])
+    if not late:
+        t = tracer_factory(*loops_args(lab.bridge_ns))
     # The VM keeps asking for its gateway: the replies reach t3o, not the VM.
     asker = _keep_asking(vm.netns, gw.ip, 14)
-    time.sleep(3.0)
-    t = tracer_factory(*loops_args(lab.bridge_ns))
+    if late:
+        time.sleep(3.0)
+        t = tracer_factory(*loops_args(lab.bridge_ns))
     time.sleep(8.0)
-    t.stop(settle=0.5)          # while the reflector still runs: the port is up
+    # The reflector first: without a reader the tap loses its carrier, and a
+    # port disabled since keeps what it did while it forwarded.
     reflected = lab.stop_tap_reader(tap.name)
+    t.stop(settle=0.5)
     asker.kill()
     asker.wait()
     assert reflected and reflected > 1000
@@ -127,16 +133,22 @@ def test_hairpin_reflector_with_vm_and_gateway_started_late(lab, tracer_factory)
             assert "broadcast storm" not in f["message"], f["message"]
 
 
-def test_slow_loop_through_a_300ms_relay(lab, tracer_factory):
+@pytest.mark.parametrize("late", [False, True], ids=["clean-start", "started-late"])
+def test_slow_loop_through_a_300ms_relay(lab, tracer_factory, late):
     """A loop whose round trip is 300 ms (a relay between two taps holding
     each frame, as a VPN over the internet would): still a loop between the
-    two links, with a measured round trip near 300 ms."""
+    two links, with a measured round trip near 300 ms, whether brtrace was
+    there first or came 3 s (ten laps) in."""
     loop = lab.add_slow_peer_loop(delay=0.3, hold=30)
     links = sorted(p for p, _peer in loop.links)
     h1 = lab.host(1)
-    t = tracer_factory(*loops_args(lab.bridge_ns))
+    if not late:
+        t = tracer_factory(*loops_args(lab.bridge_ns))
     send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"\0" * 4 + b"slow"), 4,
                 interval=0.05, seq_offset=14)
+    if late:
+        time.sleep(3.0)
+        t = tracer_factory(*loops_args(lab.bridge_ns))
     time.sleep(4.5)
     lab.break_loop()
     t.stop(settle=0.8)
@@ -187,13 +199,17 @@ def _keep_asking(netns, ip, seconds):
                             stderr=subprocess.DEVNULL)
 
 
-def test_tinc_loop_seen_from_a_third_node_is_beyond_its_vpn_port(mesh, tracer_factory):
-    m = mesh("c")
+@pytest.mark.parametrize("late", [False, True], ids=["clean-start", "started-late"])
+def test_tinc_loop_seen_from_a_third_node_is_beyond_its_vpn_port(mesh, tracer_factory, late):
+    m = mesh("c" if late else "e")
     n3 = m.node(3)
+    if not late:
+        t = tracer_factory(*loops_args(n3.netns))
     _storm_between_1_and_2(m)
     asker = _keep_asking(m.vm(3).netns, "10.88.0.1", 14)
-    time.sleep(3.0)
-    t = tracer_factory(*loops_args(n3.netns))
+    if late:
+        time.sleep(3.0)
+        t = tracer_factory(*loops_args(n3.netns))
     time.sleep(8.0)
     m.break_direct_link(1, 2)
     t.stop(settle=1.0)
@@ -205,12 +221,19 @@ def test_tinc_loop_seen_from_a_third_node_is_beyond_its_vpn_port(mesh, tracer_fa
     assert final["evidence"]["per_port"][n3.tap]["reentered"] > 100
 
 
-def test_tinc_loop_seen_from_a_node_on_it(mesh, tracer_factory):
-    m = mesh("a")
+@pytest.mark.parametrize("late", [False, True], ids=["clean-start", "started-late"])
+def test_tinc_loop_seen_from_a_node_on_it(mesh, tracer_factory, late):
+    """Node 1 is on the loop: frames leave it through tinc and come back by
+    the direct link from node 2 (tinc carries them one way only here), or
+    both ways: a loop between t3o and dl2 either way."""
+    m = mesh("a" if late else "b")
     n1 = m.node(1)
+    if not late:
+        t = tracer_factory(*loops_args(n1.netns))
     _storm_between_1_and_2(m)
-    time.sleep(3.0)
-    t = tracer_factory(*loops_args(n1.netns))
+    if late:
+        time.sleep(3.0)
+        t = tracer_factory(*loops_args(n1.netns))
     time.sleep(6.0)
     m.break_direct_link(1, 2)
     t.stop(settle=1.0)
