@@ -19,6 +19,7 @@ from tracer.kernel import switches
 VPN_DAEMONS = {"tincd": "tincd", "openvpn": "openvpn", "fastd": "fastd", "vtund": "vtund",
                "zerotier-one": "zerotier", "edge": "n2n", "tinc": "tincd", "softether": "softether",
                "vpnserver": "softether", "vpnclient": "softether"}
+NO_READER = "tap, no reader"
 VM_PROCESSES = ("qemu-system", "qemu-kvm", "kvm", "firecracker", "cloud-hypervisor")
 
 
@@ -90,7 +91,7 @@ def label(port: str, kind: str, vms: dict, owners: dict) -> str:
             return f"vm pid {pid}"
         return f"{comm} pid {pid}"
     if kind == "tun":
-        return "tap, no reader"
+        return NO_READER
     return ""
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
-from tracer.identity import identify
+from tracer.identity import NO_READER, identify
 from tracer.kernel.defines import kernel_defines
 from tracer.kernel.features import jiffy_ns
 from tracer.kernel.tcx import attach_types as tcx_attach_types
@@ -189,7 +189,13 @@ class BridgeRun:
         # tap's state (a reader came or went), change.
         shape = {(p.ifindex, p.name, p.kind, p.operstate) for p in self.bridge.ports.values()}
         if shape != self._identity_shape:
-            self.labels.update(identify(self.bridge.ports.values()))
+            for port, label in identify(self.bridge.ports.values()).items():
+                # A tap whose reader went away keeps naming who held it: the
+                # evidence of what was behind a port outlives the process.
+                before = self.labels.get(port, "")
+                if label == NO_READER and before and NO_READER not in before:
+                    label = f"{before.split('; ')[0]}; now {NO_READER}"
+                self.labels[port] = label
             self.onward.update(self.topo.onward_veths(self.bridge))
             self._identity_shape = shape
         self._maybe_dump_fdb()
