@@ -470,7 +470,10 @@ class TincMesh:
         """Delete the a-b veth (both ends go): the loop opens, the storm stops."""
         link = self.link(a, b)
         na = self.node(link.a)
-        # check=False: the watchdog may have beaten us to it.
+        # Down first, delete after (see Lab.break_loop()); check=False: the
+        # watchdog may have beaten us to it.
+        self._lab.ip(na.netns, "link", "set", "dev", link.port_a, "down", check=False)
+        time.sleep(0.1)
         self._lab.ip(na.netns, "link", "del", link.port_a, check=False)
         link.broken = True
         self.node(link.a).direct_ports.pop(link.b, None)

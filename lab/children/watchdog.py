@@ -9,6 +9,10 @@ import sys
 import time
 
 time.sleep(float(sys.argv[1]))
-for dev in sys.argv[2:]:
-    subprocess.run(["ip", "link", "del", dev], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=30)
+# Down first, delete after, as Lab.break_loop() does: the storm stops before
+# the ports are torn out from under frames in flight.
+for verb in (["set", "dev"], ["del"]):
+    for dev in sys.argv[2:]:
+        subprocess.run(["ip", "link"] + verb + [dev] + (["down"] if verb[0] == "set" else []),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    time.sleep(0.1)
