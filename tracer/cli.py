@@ -10,6 +10,7 @@ import click
 
 from tracer.config import Config
 from tracer.errors import BrtraceError
+from tracer.version import VERSION
 
 MAX_INTERVAL = 3600.0
 MAX_DURATION = 7 * 24 * 3600.0
@@ -49,6 +50,7 @@ def _config(kw) -> Config:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", "-V", prog_name="brtrace", message="%(prog)s %(version)s")
 def cli():
     """brtrace: where and why a Linux bridge drops or loops frames.
 

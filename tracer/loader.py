@@ -32,6 +32,15 @@ def prepare_headers() -> None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
 
 
+def _child_env() -> dict:
+    """The environment of the loader child: ours, with the directory that holds
+    `tracer/` first on PYTHONPATH, so `-m tracer.loader_child` finds this very
+    copy wherever it is installed (the Debian package keeps it in
+    /usr/share/brtrace, which only its launcher puts on sys.path)."""
+    root = str(abi.BPF_DIR.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 class LoaderChild:
     """tracer/loader_child.py, started early: it starts Python and imports
     bcc (~0.1 s) while this process works out the kernel's offsets, then compiles and loads on
@@ -44,7 +53,7 @@ class LoaderChild:
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "tracer.loader_child", str(child.fileno())],
                                          pass_fds=[child.fileno()], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL)
+                                         stdout=subprocess.DEVNULL, env=_child_env())
         except OSError as exc:
             self._sock.close()
             raise KernelFeatureError(f"cannot start the BPF loader ({exc})", "run scripts/setup") from exc

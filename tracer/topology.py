@@ -109,9 +109,7 @@ class Topology:
         self.netns = netns
         IPRoute, NetlinkError = _pyroute2()
         try:
-            # flags=0: never create the namespace (pyroute2's default is O_CREAT,
-            # which would make a new empty one if it vanished since resolve_netns()).
-            self._ipr = IPRoute(netns=netns.path, flags=0) if netns.name else IPRoute()
+            self._ipr = _iproute_in(netns.path) if netns.name else IPRoute()
         except (OSError, NetlinkError) as exc:
             raise UsageError(f"cannot enter network namespace {netns.name!r}: {exc}",
                              "run as root; check `ip netns list`") from exc
@@ -163,14 +161,14 @@ class Topology:
         out, others = {}, {}
         for p in veths:
             link = links.get(p.ifindex)
-            if link is None or link.get("IFLA_LINK") is None:
+            if link is None or link.get_attr("IFLA_LINK") is None:
                 continue
-            nsid = link.get("IFLA_LINK_NETNSID")
+            nsid = link.get_attr("IFLA_LINK_NETNSID")
             if nsid is None:       # both ends in this namespace
-                peer = links.get(link.get("IFLA_LINK"))
-                out[p.name] = bool(peer and peer.get("IFLA_MASTER"))
+                peer = links.get(link.get_attr("IFLA_LINK"))
+                out[p.name] = bool(peer and peer.get_attr("IFLA_MASTER"))
             else:
-                others.setdefault(nsid, []).append((p.name, link.get("IFLA_LINK")))
+                others.setdefault(nsid, []).append((p.name, link.get_attr("IFLA_LINK")))
         for nsid, ends in others.items():
             path = self._netns_of_nsid(nsid)
             for name, peer_index in ends:
@@ -206,15 +204,15 @@ class Topology:
             raise UsageError(f"{name!r} is not a valid interface name",
                              "interface names are 1-15 characters without '/' or spaces")
         links = self._ipr.get_links()
-        by_name = {link.get("IFLA_IFNAME"): link for link in links}
+        by_name = {link.get_attr("IFLA_IFNAME"): link for link in links}
         link = by_name.get(name)
         if link is None:
             raise UsageError(f"no device {name!r}{where}",
                              "list bridges with `ip -br link show type bridge`"
                              + (" in that namespace" if where else "; use --netns if it lives in another namespace"))
         if _kind(link) != "bridge":
-            master = link.get("IFLA_MASTER")
-            master_name = next((d.get("IFLA_IFNAME") for d in links if d["index"] == master), None)
+            master = link.get_attr("IFLA_MASTER")
+            master_name = next((d.get_attr("IFLA_IFNAME") for d in links if d["index"] == master), None)
             hint = (f"it is a port of {master_name}: use --bridge {master_name}" if master_name
                     else "list bridges with `ip -br link show type bridge`")
             raise UsageError(f"{name!r}{where} is a {_kind(link) or 'plain'} device, not a bridge",
@@ -223,22 +221,22 @@ class Topology:
         states = self._stp_states()
         ports = {}
         for dev in links:
-            if dev.get("IFLA_MASTER") == ifindex:
+            if dev.get_attr("IFLA_MASTER") == ifindex:
                 ports[dev["index"]] = Port(
-                    ifindex=dev["index"], name=dev.get("IFLA_IFNAME"), kind=_kind(dev),
-                    mac=dev.get("IFLA_ADDRESS") or "", mtu=dev.get("IFLA_MTU") or 0,
-                    operstate=dev.get("IFLA_OPERSTATE") or "", txqlen=dev.get("IFLA_TXQLEN") or 0,
+                    ifindex=dev["index"], name=dev.get_attr("IFLA_IFNAME"), kind=_kind(dev),
+                    mac=dev.get_attr("IFLA_ADDRESS") or "", mtu=dev.get_attr("IFLA_MTU") or 0,
+                    operstate=dev.get_attr("IFLA_OPERSTATE") or "", txqlen=dev.get_attr("IFLA_TXQLEN") or 0,
                     stp_state=STP_STATES.get(states.get(dev["index"], -1), "unknown"),
                     **_dropped(dev))
-        return Bridge(ifindex=ifindex, name=name, mac=link.get("IFLA_ADDRESS") or "",
-                      mtu=link.get("IFLA_MTU") or 0, netns=self.netns, ports=ports)
+        return Bridge(ifindex=ifindex, name=name, mac=link.get_attr("IFLA_ADDRESS") or "",
+                      mtu=link.get_attr("IFLA_MTU") or 0, netns=self.netns, ports=ports)
 
     def _stp_states(self) -> dict[int, int]:
         out = {}
         for dev in self._ipr.get_links(family=socket.AF_BRIDGE):
-            info = dev.get("IFLA_PROTINFO")
-            if info is not None and info.get("IFLA_BRPORT_STATE") is not None:
-                out[dev["index"]] = info.get("IFLA_BRPORT_STATE")
+            info = dev.get_attr("IFLA_PROTINFO")
+            if info is not None and info.get_attr("IFLA_BRPORT_STATE") is not None:
+                out[dev["index"]] = info.get_attr("IFLA_BRPORT_STATE")
         return out
 
     def fdb(self, bridge: Bridge) -> list[FdbEntry]:
@@ -249,12 +247,12 @@ class Topology:
         except _pyroute2()[1]:
             return out  # the bridge went away mid-dump; callers treat it as empty
         for e in entries:
-            if e.get("NDA_MASTER") != bridge.ifindex and e["ifindex"] != bridge.ifindex:
+            if e.get_attr("NDA_MASTER") != bridge.ifindex and e["ifindex"] != bridge.ifindex:
                 continue
-            if e.get("NDA_MASTER") is None and e["ifindex"] == bridge.ifindex:
+            if e.get_attr("NDA_MASTER") is None and e["ifindex"] == bridge.ifindex:
                 continue  # the bridge device's own multicast list, not the FDB
-            out.append(FdbEntry(mac=(e.get("NDA_LLADDR") or "").lower(), ifindex=e["ifindex"],
-                                vlan=e.get("NDA_VLAN") or 0,
+            out.append(FdbEntry(mac=(e.get_attr("NDA_LLADDR") or "").lower(), ifindex=e["ifindex"],
+                                vlan=e.get_attr("NDA_VLAN") or 0,
                                 local=bool(e["state"] & NUD_PERMANENT)))
         return out
 
@@ -265,6 +263,12 @@ def _link_events_socket(netns_path: str | None) -> socket.socket:
     thread enters the namespace, and only for the socket() call."""
     if netns_path is None:
         return _bound_link_socket()
+    return _inside(netns_path, _bound_link_socket)
+
+
+def _inside(netns_path: str, make):
+    """make() called with this thread in namespace `netns_path`: the sockets it
+    opens stay there. Only this thread enters the namespace, and only for the call."""
     libc = ctypes.CDLL(None, use_errno=True)
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(netns_path, os.O_RDONLY)
@@ -273,12 +277,25 @@ def _link_events_socket(netns_path: str | None) -> socket.socket:
             raise UsageError(f"cannot enter network namespace {netns_path}: "
                              f"{os.strerror(ctypes.get_errno())}", "run as root")
         try:
-            return _bound_link_socket()
+            return make()
         finally:
             libc.setns(own, CLONE_NEWNET)
     finally:
         os.close(own)
         os.close(target)
+
+
+def _iproute_in(netns_path: str):
+    """An IPRoute whose socket lives in namespace `netns_path`, never creating it.
+    pyroute2 0.9 enters it itself (netns=, flags=0: its default O_CREAT would make
+    a new empty namespace if this one vanished since resolve_netns()); 0.7 (Debian
+    12's) has no netns= on IPRoute, and opens its socket in the constructor, so
+    it is constructed inside the namespace."""
+    IPRoute = _pyroute2()[0]
+    try:
+        return IPRoute(netns=netns_path, flags=0)
+    except TypeError:  # pyroute2 < 0.8: "unexpected keyword argument 'netns'"
+        return _inside(netns_path, IPRoute)
 
 
 def _bound_link_socket() -> socket.socket:
@@ -288,7 +305,7 @@ def _bound_link_socket() -> socket.socket:
 
 
 def _dropped(link) -> dict:
-    stats = link.get("IFLA_STATS64")
+    stats = link.get_attr("IFLA_STATS64")
     if stats is None:
         return {}
     return {"rx_dropped": stats.get("rx_dropped") or 0, "tx_dropped": stats.get("tx_dropped") or 0}
@@ -296,18 +313,18 @@ def _dropped(link) -> dict:
 
 def _enslaved(netns_path: str, ifindex: int) -> bool | None:
     """Whether device `ifindex` of that namespace has a master."""
-    IPRoute, NetlinkError = _pyroute2()
+    NetlinkError = _pyroute2()[1]
     try:
-        with IPRoute(netns=netns_path, flags=0) as ipr:
+        with _iproute_in(netns_path) as ipr:
             links = ipr.get_links(ifindex)
     except (OSError, NetlinkError):
         return None
-    return bool(links and links[0].get("IFLA_MASTER"))
+    return bool(links and links[0].get_attr("IFLA_MASTER"))
 
 
 def _kind(link) -> str:
-    info = link.get("IFLA_LINKINFO")
-    return (info.get("IFLA_INFO_KIND") or "") if info is not None else ""
+    info = link.get_attr("IFLA_LINKINFO")
+    return (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
 
 
 def oper_up(operstate: str) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-VERSION = "0.1.0"
+from tracer.version import VERSION
 
 
 @dataclass
