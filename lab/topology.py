@@ -325,6 +325,18 @@ class Lab:
                 what, proc.stderr.read().decode(errors="replace").strip()))
         return proc
 
+    def _stop_child(self, proc: subprocess.Popen, timeout: float) -> str:
+        """Stop a child of ours by PID and return what it printed (its final
+        count line): the reflector's and the relay's way of reporting."""
+        _kill_pid(proc, grace=timeout)
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+        if proc in self._children:
+            self._children.remove(proc)
+        return out
+
     def stop_tap_reader(self, name: str, timeout: float = 5.0) -> Optional[int]:
         """Stop tap NAME's child (by PID) and return how many frames it reflected.
 
@@ -336,14 +348,7 @@ class Lab:
         if proc is None:
             return None
         tap.reader = "none"
-        _kill_pid(proc, grace=timeout)
-        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        if proc in self._children:
-            self._children.remove(proc)
-        fields = out.split()
+        fields = self._stop_child(proc, timeout).split()
         if "reflected" in fields:
             return int(fields[fields.index("reflected") + 1])
         return None
@@ -572,14 +577,7 @@ class Lab:
         if proc is None:
             return None
         loop.relay = None
-        _kill_pid(proc, grace=timeout)
-        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        if proc in self._children:
-            self._children.remove(proc)
-        fields = out.split()
+        fields = self._stop_child(proc, timeout).split()
         # "relayed N a2b N b2a N failed N dropped N [gone TAP]": key/value pairs.
         stats = {k: int(v) for k, v in zip(fields[::2], fields[1::2]) if v.isdigit()}
         loop.relay_stats = stats
