@@ -81,7 +81,9 @@
 #define PC_NDP_RS 19       /* Router Solicitations */
 #define PC_NDP_RA 20       /* Router Advertisements */
 #define PC_NDP_DAD 21      /* solicitations from the unspecified address: Duplicate Address Detection */
-#define PC_NDP_DUPLICATES 22 /* NDP frames among returns + reentries */
+#define PC_NDP_DUPLICATES 22 /* NDP frames among returns + reentries (DAD probes: PC_NDP_DAD_BACK) */
+#define PC_NDP_DAD_BACK 23 /* DAD probes among returns + reentries: a guest hearing its own
+			    * probe takes its address for a duplicate (dadfailed) */
 #define PORT_COUNTERS 24
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own

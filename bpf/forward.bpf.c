@@ -637,19 +637,23 @@ static __always_inline __u8 nd_type(const __u8 *buf)
 }
 
 /* Count a neighbour discovery frame entering a port: 133 RS, 134 RA, 135 NS
- * (from the unspecified address ::, bytes 22..37, a DAD probe), 136 NA. */
-static __always_inline void nd_seen(struct hit *h, const __u8 *buf, __u8 type)
+ * (from the unspecified address ::, bytes 22..37, a DAD probe), 136 NA.
+ * Returns the counter its copies coming back count in. */
+static __always_inline int nd_seen(struct hit *h, const __u8 *buf, __u8 type)
 {
 	if (type == 135) {
 		__u64 a, b;
 		__builtin_memcpy(&a, buf + 22, 8);
 		__builtin_memcpy(&b, buf + 30, 8);
 		count(h->pc, PC_NDP_NS, 1);
-		if (!(a | b))
+		if (!(a | b)) {
 			count(h->pc, PC_NDP_DAD, 1);
+			return PC_NDP_DAD_BACK;
+		}
 	} else {
 		count(h->pc, type == 136 ? PC_NDP_NA : type == 133 ? PC_NDP_RS : PC_NDP_RA, 1);
 	}
+	return PC_NDP_DUPLICATES;
 }
 
 /* The host's own stack sends through the bridge (br_dev_xmit()). Its ARP
@@ -737,13 +741,13 @@ int port_ingress(struct __sk_buff *skb)
 		flooded = rx_frame(&h, buf, 1);
 	else
 		flooded = rx_frame(&h, buf, 0);
-	__u8 nd = 0;
+	int dup = is_arp(buf) ? PC_ARP_DUPLICATES : -1;
+	__u8 nd;
 	if ((const void *)(buf + ND_FRAME_LEN) <= end && (nd = nd_type(buf)))
-		nd_seen(&h, buf, nd);
+		dup = nd_seen(&h, buf, nd);
 	__u64 fp;
 	if (flooded && tc_fingerprint(skb, &fp) == 0)
-		flood_ingress(&h, fp, src_mac(buf),
-			      is_arp(buf) ? PC_ARP_DUPLICATES : nd ? PC_NDP_DUPLICATES : -1);
+		flood_ingress(&h, fp, src_mac(buf), dup);
 	hit_records(&h);
 	return TCX_NEXT_;
 }
@@ -797,12 +801,12 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	if (bpf_probe_read_kernel(words, sizeof(words), h.start) != 0)
 		return 0;
 	const __u8 *buf = (const __u8 *)words;
+	int dup = is_arp(buf) ? PC_ARP_DUPLICATES : -1;
 	__u8 nd = h.wire >= ND_FRAME_LEN ? nd_type(buf) : 0;
 	if (nd)
-		nd_seen(&h, buf, nd);
+		dup = nd_seen(&h, buf, nd);
 	if (rx_frame(&h, buf, 1))
-		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf),
-			      is_arp(buf) ? PC_ARP_DUPLICATES : nd ? PC_NDP_DUPLICATES : -1);
+		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf), dup);
 	hit_records(&h);
 	return 0;
 }

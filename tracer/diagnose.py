@@ -285,6 +285,34 @@ def l2_loop(inp: Inputs) -> list:
         {**evidence, "kind": "reflecting_port"}, active=active, culprit_ports=[port])]
 
 
+def dad_looped(inp: Inputs) -> list:
+    """IPv6 Duplicate Address Detection probes (solicitations from ::) that
+    came back into the bridge: a guest that hears its own probe concludes
+    that another host already has the address (RFC 4862 5.4.3) and leaves it
+    unconfigured ("dadfailed"), so it goes without IPv6 while the loop or
+    reflection lasts; stacks that add RFC 7527's nonce (Linux by default,
+    net.ipv6.conf.*.enhanced_dad) recognise their own probe and carry on.
+    Named by the port the probes came back through."""
+    out = []
+    for port, values in sorted(inp.state.totals.items()):
+        n = values.get("ndp_dad_back", 0)
+        if not n or port == inp.bridge.name:
+            continue
+        out.append(Finding(
+            "dad_looped", inp.bridge.name, [port], "critical",
+            f"{n} IPv6 duplicate address detection probes came back into {inp.bridge.name} through "
+            f"{port}: a guest that hears its own probe takes its address for a duplicate and leaves "
+            f"it unconfigured (unless it tags its probes with a nonce, RFC 7527, as Linux does by "
+            f"default)",
+            f"stop what sends frames back through {_who(inp, port)} (see the l2_loop finding); then "
+            f"on the guests, `ip -6 addr` shows `dadfailed`: re-add the address or bring the "
+            f"interface down and up to run DAD again",
+            {"probes_back": n, "probes_seen": values.get("ndp_dad", 0),
+             "per_second": round(inp.state.rate(port, "ndp_dad_back"), 1)},
+            active=inp.state.rate(port, "ndp_dad_back") > 0))
+    return out
+
+
 def storm(inp: Inputs) -> list:
     """Per-port broadcast/ARP rates at their peak interval of the run, so a
     storm that has since stopped is still reported (with its current rate).
@@ -493,7 +521,7 @@ def arp_churn(inp: Inputs) -> list:
     return out
 
 
-DETECTORS = (own_address_echo, mac_flap, l2_loop, storm, not_forwarded,
+DETECTORS = (own_address_echo, mac_flap, l2_loop, dad_looped, storm, not_forwarded,
              arp_unanswered, ip_conflict, neigh_failed, arp_churn)
 
 

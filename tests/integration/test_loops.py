@@ -2,6 +2,7 @@
 reflects every frame, two bridges cabled twice, the same with STP, a healthy
 bridge. Assertions are on the JSON findings and per-port counters."""
 
+import os
 import time
 
 import pytest
@@ -211,4 +212,35 @@ def test_neighbour_discovery_counted_per_port(lab, tracer_factory, hooks):
     assert (c[gw.port]["ndp_na"], c[gw.port]["ndp_ra"]) == (4, 1)
     # Every multicast NDP frame is flooded to t3o and comes back: 5 NS, the RS, the RA.
     assert c[tap.name]["ndp_ns"] == 5 and c[tap.name]["ndp_dad"] == 2
-    assert c[tap.name]["ndp_duplicates"] == 7 and c[tap.name]["arp_duplicates"] == 0
+    assert c[tap.name]["ndp_duplicates"] == 5 and c[tap.name]["ndp_dad_back"] == 2
+    assert c[tap.name]["arp_duplicates"] == 0
+    (dad,) = t.findings("dad_looped")
+    assert dad["ports"] == [tap.name] and dad["evidence"]["probes_back"] == 2
+
+
+def test_guest_whose_dad_probe_comes_back_loses_its_address(tracer_factory):
+    """A real guest stack: its DAD probe for a new address goes out, the
+    reflecting tap sends it back, the guest (enhanced DAD off, as stacks
+    without RFC 7527 behave) marks the address dadfailed; brtrace names the
+    port the probe came back through."""
+    with Lab(prefix=f"brtd{os.getpid() % 1000}", hosts=2, ipv6=True) as lab:
+        vm = lab.host(1)
+        tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=1000, comm="tincd")
+        for conf in ("all", "eth0"):   # the kernel uses DAD's nonce if either says so
+            lab.sysctl(vm.netns, f"net.ipv6.conf.{conf}.enhanced_dad", "0")
+        t = tracer_factory(*loops_cmd(lab))
+        lab.ip(vm.netns, "-6", "addr", "add", "2001:db8::1/64", "dev", vm.ifname)
+        state = ""
+        for _ in range(50):          # DAD starts within 1 s, takes 1 s
+            state = lab.ip(vm.netns, "-6", "addr", "show", "dev", vm.ifname).stdout.decode()
+            if "2001:db8::1/64" in state and "tentative" not in state.split("2001:db8::1/64")[1].split("\n")[0]:
+                break
+            if "dadfailed" in state:
+                break
+            time.sleep(0.1)
+        t.stop(settle=0.5)
+    line = next(ln for ln in state.splitlines() if "2001:db8::1/64" in ln)
+    assert "dadfailed" in line, state
+    dad = [f for f in t.findings("dad_looped") if f["ports"] == [tap.name]]
+    assert dad and dad[0]["evidence"]["probes_back"] >= 1
+    assert not [f for f in t.findings("dad_looped") if f["ports"] != [tap.name]]

@@ -68,7 +68,7 @@ SINGLE_COUNTERS = (
      "Copies taken for a host repeating its own frame (GARP bursts, retransmits), not loops.",
      "host_repeats"),
 )
-FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "storm", "not_forwarded")
+FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "dad_looped", "storm", "not_forwarded")
 
 
 class BrtraceCollector:

@@ -21,7 +21,7 @@ SORT_LABELS = {"rx": "rx pps", "drops": "drops/s", "bcast": "broadcast/s", "name
 
 # Short names for finding types on the findings strip.
 FINDING_LABELS = {"own_address_echo": "echo", "l2_loop": "loop", "mac_flap": "flapping",
-                  "storm": "storm", "not_forwarded": "not-forwarded"}
+                  "storm": "storm", "not_forwarded": "not-forwarded", "dad_looped": "dad-looped"}
 
 # Counters in drill-down order (the kernel's PORT_COUNTERS, then decisions).
 COUNTER_ORDER = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_broadcast", "rx_multicast",
