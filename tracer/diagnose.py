@@ -24,6 +24,9 @@ LOOP_MIN_FRAMES = 5
 # host happens to resend a frame that is also going round: a fraction of a
 # percent of what the storm floods out to it.
 LOOP_SHARE = 0.25
+# A port that leads on to another switch joins the loop's ports with at least
+# this share of the copies the others get (see loop_ports()).
+ONWARD_SHARE = 0.01
 # Per-port rates (frames/s, highest over a full interval) that make a storm;
 # the ARP figure counts requests (replies answer a storm, they do not make one).
 STORM_BROADCAST_PPS = 500.0
@@ -148,6 +151,17 @@ def loop_ports(inp: Inputs) -> dict:
         if port == inp.bridge.name or back < LOOP_MIN_FRAMES or not _forwarding(inp, port):
             continue
         if back >= LOOP_SHARE * values.get("tx_flooded", 0):
+            out[port] = values
+    # A port that leads on to another switch (a VPN tap, a link to another
+    # bridge) and gets copies back is on the loop's path even when the way
+    # back through it carries far less than goes out (tinc under a storm
+    # passes one direction much better than the other); a guest's port never
+    # qualifies this way, however its host's resends look.
+    total = sum(_copies(v) for v in out.values())
+    for port, values in inp.state.totals.items():
+        back = _copies(values)
+        if (out and port not in out and port != inp.bridge.name and back >= LOOP_MIN_FRAMES
+                and back >= ONWARD_SHARE * total and _forwarding(inp, port) and leads_on(inp, port)):
             out[port] = values
     return out
 

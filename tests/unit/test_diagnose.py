@@ -316,3 +316,20 @@ def test_one_way_loop_through_this_bridge_versus_a_loop_beyond_a_port():
     # A port the storm hardly reaches is not where it goes out.
     counts["l2"]["tx_flooded"] = 100
     assert verdict(onward={"l2": True})[0] == "loop_beyond_port"
+
+
+def test_a_switch_port_with_a_weak_way_back_is_on_the_loop():
+    """tinc carries one direction of the loop much better than the other: the
+    direct link gets back what the bridge sends, the VPN tap only a little.
+    A port that leads on to another switch and gets copies back is on the
+    loop; a guest's port with the same few copies is not."""
+    counts = {"l1": {"returns": 2000, "reentries": 500, "tx_flooded": 300},
+              "t3o": {"returns": 100, "tx_flooded": 2500}, "vnet0": {"returns": 100, "tx_flooded": 2600}}
+
+    def verdict(labels):
+        found = diagnose(Inputs(bridge=bridge(), state=state([{}, counts]), seconds=10.0, labels=labels))
+        (f,) = [f for f in found if f.type == "l2_loop"]
+        return f.evidence["kind"], f.ports
+
+    assert verdict({"t3o": "vpn tincd", "vnet0": "vm web01"}) == ("loop_between_ports", ["l1", "t3o"])
+    assert verdict({"vnet0": "vm web01"}) == ("reflecting_port", ["l1"])
