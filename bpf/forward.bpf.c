@@ -402,21 +402,20 @@ static __always_inline void flood_pass(struct flood_tag *t, struct flood_path *p
 /* This CPU's flooded frame is now `fp`; with tcx, also which buffer holds it
  * and the ifindex it entered the host by (skb_iif: at tc ingress the port
  * itself, __netif_receive_skb_core() sets it first; 0 if the host sent it). */
-static __always_inline struct flood_current *flood_now(__u64 fp, struct hit *h)
+static __always_inline void flood_now(__u64 fp, struct hit *h)
 {
 	__u32 zero = 0;
 	struct flood_current *cur = flood_current.lookup(&zero);
-	if (cur) {
-		cur->fp = fp;
-		cur->out_mask[0] = 0;
-		cur->out_mask[1] = 0;
+	if (!cur)
+		return;
+	cur->fp = fp;
+	cur->out_mask[0] = 0;
+	cur->out_mask[1] = 0;
 #if PORT_HOOK_TCX
-		cur->data = (__u64)(long)h->skb->data;
-		cur->len = h->wire;
-		cur->iif = h->skb->ingress_ifindex;
+	cur->data = (__u64)(long)h->skb->data;
+	cur->len = h->wire;
+	cur->iif = h->skb->ingress_ifindex;
 #endif
-	}
-	return cur;
 }
 
 /* The record of source MAC `mac` (the frame's bytes 6..11 as a little-endian

@@ -129,10 +129,9 @@ class BridgeState:
         self.echoes: deque = deque(maxlen=RECENT_EVENTS)
         self.loops: deque = deque(maxlen=RECENT_EVENTS)
         # From the sampled loop records: jiffies from a pass to its copy, per
-        # port (ROUND_TRIPS_KEPT each); (previous port, port) of crossing
-        # copies; when the first copy was seen (kernel clock, ns).
+        # port (ROUND_TRIPS_KEPT each); when the first copy was seen (kernel
+        # clock, ns).
         self.round_trips: dict = {}
-        self.crossings: Counter = Counter()
         self.first_loop_ns: int | None = None
         self.fdb_events = 0
         self.arp: list = []             # arp_targets snapshot (latest)
@@ -233,8 +232,6 @@ class BridgeState:
             self.loops.append({**rec, "port": port, "prev_port": prev})
             # Round trips per port, for the loop's evidence (bounded).
             self.round_trips.setdefault(port, deque(maxlen=ROUND_TRIPS_KEPT)).append(rec["gap_ticks"])
-            if prev:
-                self.crossings[(prev, port)] += 1 if rec["crossed"] else 0
             if self.first_loop_ns is None:
                 self.first_loop_ns = rec["ts_ns"]
 

@@ -145,24 +145,21 @@ def loop_ports(inp: Inputs) -> dict:
     verdict holds from interval to interval while a storm is unchanged, and
     a share rather than a count, so it does not depend on when brtrace
     started. STP-blocked ports and the bridge itself are never on it."""
-    out = {}
-    for port, values in inp.state.totals.items():
-        back = _copies(values)
-        if port == inp.bridge.name or back < LOOP_MIN_FRAMES or not _forwarding(inp, port):
-            continue
-        if back >= LOOP_SHARE * values.get("tx_flooded", 0):
-            out[port] = values
+    candidates = {port: values for port, values in inp.state.totals.items()
+                  if port != inp.bridge.name and _copies(values) >= LOOP_MIN_FRAMES
+                  and _forwarding(inp, port)}
+    out = {port: values for port, values in candidates.items()
+           if _copies(values) >= LOOP_SHARE * values.get("tx_flooded", 0)}
     # A port that leads on to another switch (a VPN tap, a link to another
     # bridge) and gets copies back is on the loop's path even when the way
     # back through it carries far less than goes out (tinc under a storm
     # passes one direction much better than the other); a guest's port never
     # qualifies this way, however its host's resends look.
     total = sum(_copies(v) for v in out.values())
-    for port, values in inp.state.totals.items():
-        back = _copies(values)
-        if (out and port not in out and port != inp.bridge.name and back >= LOOP_MIN_FRAMES
-                and back >= ONWARD_SHARE * total and _forwarding(inp, port) and leads_on(inp, port)):
-            out[port] = values
+    if out:
+        out.update({port: values for port, values in candidates.items()
+                    if port not in out and _copies(values) >= ONWARD_SHARE * total
+                    and leads_on(inp, port)})
     return out
 
 

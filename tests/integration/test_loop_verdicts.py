@@ -55,6 +55,18 @@ def assert_one_verdict(t, kind, ports, culprits, first_by=2):
     return final
 
 
+def attach(late, tracer_factory, start_fault, *args, env=None):
+    """brtrace (`loops` with `args`) attached before `start_fault()` runs (a
+    clean start) or 3 s after (the operator arriving into a running storm).
+    Returns the tracer and what start_fault() returned."""
+    t = None if late else tracer_factory(*args, env=env)
+    started = start_fault()
+    if late:
+        time.sleep(3.0)
+        t = tracer_factory(*args, env=env)
+    return t, started
+
+
 def named_anywhere(t) -> set:
     """Every port any l2_loop verdict named, in any interval or at the end."""
     out = set()
@@ -76,13 +88,10 @@ def test_two_bridges_cabled_twice(lab, tracer_factory, late, hooks):
     loop = lab.add_peer_bridge_loop(links=2, stp=False, hold=40)
     links = sorted(p for p, _peer in loop.links)
     h1 = lab.host(1)
-    if late:
-        send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1)
-        time.sleep(3.0)
-    t = tracer_factory(*loops_args(lab.bridge_ns),
-                       env={"BRTRACE_AVOID": "tcx"} if hooks == "tracepoints" else None)
-    if not late:
-        send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1)
+    t, _ = attach(late, tracer_factory,
+                  lambda: send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1),
+                  *loops_args(lab.bridge_ns),
+                  env={"BRTRACE_AVOID": "tcx"} if hooks == "tracepoints" else None)
     time.sleep(6.0)
     lab.break_loop()
     t.stop(settle=2.0)          # longer than the 1 s that `active` looks back
@@ -108,13 +117,9 @@ def test_hairpin_reflector_with_vm_and_gateway(lab, tracer_factory, late):
     tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=50_000_000, hold=20,
                       comm="tincd")
     run(["bridge", "-n", lab.bridge_ns, "link", "set", "dev", tap.name, "hairpin", "on"])
-    if not late:
-        t = tracer_factory(*loops_args(lab.bridge_ns))
     # The VM keeps asking for its gateway: the replies reach t3o, not the VM.
-    asker = _keep_asking(vm.netns, gw.ip, 14)
-    if late:
-        time.sleep(3.0)
-        t = tracer_factory(*loops_args(lab.bridge_ns))
+    t, asker = attach(late, tracer_factory, lambda: _keep_asking(vm.netns, gw.ip, 14),
+                      *loops_args(lab.bridge_ns))
     time.sleep(8.0)
     # The reflector first: without a reader the tap loses its carrier, and a
     # port disabled since keeps what it did while it forwarded.
@@ -142,13 +147,11 @@ def test_slow_loop_through_a_300ms_relay(lab, tracer_factory, late):
     loop = lab.add_slow_peer_loop(delay=0.3, hold=30)
     links = sorted(p for p, _peer in loop.links)
     h1 = lab.host(1)
-    if not late:
-        t = tracer_factory(*loops_args(lab.bridge_ns))
-    send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"\0" * 4 + b"slow"), 4,
-                interval=0.05, seq_offset=14)
-    if late:
-        time.sleep(3.0)
-        t = tracer_factory(*loops_args(lab.bridge_ns))
+    t, _ = attach(late, tracer_factory,
+                  lambda: send_frames(h1.netns, h1.ifname,
+                                      ether(BROADCAST, h1.mac, ETH_P_LAB, b"\0" * 4 + b"slow"), 4,
+                                      interval=0.05, seq_offset=14),
+                  *loops_args(lab.bridge_ns))
     time.sleep(4.5)
     lab.break_loop()
     t.stop(settle=0.8)
@@ -203,13 +206,11 @@ def _keep_asking(netns, ip, seconds):
 def test_tinc_loop_seen_from_a_third_node_is_beyond_its_vpn_port(mesh, tracer_factory, late):
     m = mesh("c" if late else "e")
     n3 = m.node(3)
-    if not late:
-        t = tracer_factory(*loops_args(n3.netns))
-    _storm_between_1_and_2(m)
-    asker = _keep_asking(m.vm(3).netns, "10.88.0.1", 14)
-    if late:
-        time.sleep(3.0)
-        t = tracer_factory(*loops_args(n3.netns))
+    def start():
+        _storm_between_1_and_2(m)
+        return _keep_asking(m.vm(3).netns, "10.88.0.1", 14)
+
+    t, asker = attach(late, tracer_factory, start, *loops_args(n3.netns))
     time.sleep(8.0)
     m.break_direct_link(1, 2)
     t.stop(settle=1.0)
@@ -228,12 +229,7 @@ def test_tinc_loop_seen_from_a_node_on_it(mesh, tracer_factory, late):
     both ways: a loop between t3o and dl2 either way."""
     m = mesh("a" if late else "b")
     n1 = m.node(1)
-    if not late:
-        t = tracer_factory(*loops_args(n1.netns))
-    _storm_between_1_and_2(m)
-    if late:
-        time.sleep(3.0)
-        t = tracer_factory(*loops_args(n1.netns))
+    t, _ = attach(late, tracer_factory, lambda: _storm_between_1_and_2(m), *loops_args(n1.netns))
     time.sleep(6.0)
     m.break_direct_link(1, 2)
     t.stop(settle=1.0)
