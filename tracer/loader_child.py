@@ -121,7 +121,7 @@ def build(req: dict, bcc) -> tuple[dict, list]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return {"error": first}, []
     fds: list = []
-    reply: dict = {"maps": {}, "progs": {}, "links": []}
+    reply: dict = {"maps": {}, "progs": {}, "links": [], "raw_tp": {}}
     for name in req["maps"]:
         try:
             table = b.get_table(name)
@@ -132,7 +132,10 @@ def build(req: dict, bcc) -> tuple[dict, list]:
     for name, fn in b.funcs.items():
         reply["progs"][name.decode() if isinstance(name, bytes) else name] = len(fds)
         fds.append(fn.fd)
-    for fd in b.raw_tracepoint_fds.values():
+    for tp, fd in b.raw_tracepoint_fds.items():
+        # by tracepoint, so the parent can detach and attach one again
+        # (KernelMaps.set_detail())
+        reply["raw_tp"][tp.decode() if isinstance(tp, bytes) else tp] = len(fds)
         reply["links"].append(len(fds))
         fds.append(fd)
     for per_fn in b.kprobe_fds.values():

@@ -16,7 +16,7 @@ import socket
 from tracer import abi
 from tracer.decode import mac_str, neigh_addr, nud_name
 from tracer.errors import KernelFeatureError
-from tracer.kernel import bpfmaps
+from tracer.kernel import bpfmaps, bpfsys
 from tracer.kernel.tcx import DIRECTIONS, TcxLinks
 from tracer.loader import LoaderChild, prepare_headers, tcx_program_names
 from tracer.program import Program
@@ -35,6 +35,8 @@ class KernelMaps:
 
     def __init__(self, program: Program, tcx=None, child: LoaderChild | None = None):
         self.tcx_links = None
+        self.detail = True          # the port programs are attached (set_detail)
+        self._detached_tps: dict = {}
         self._fds: list = []
         self._ring = None
         if child is None:
@@ -42,6 +44,7 @@ class KernelMaps:
             child = LoaderChild()
         names = tcx_program_names(tcx is not None)
         reply, self._fds = child.build(program, names)
+        self._progs, self._raw_tp = reply.get("progs", {}), reply.get("raw_tp", {})
         try:
             self._maps = {name: bpfmaps.Map(name, self._fds[i], *abi.MAPS[name])
                          for name, i in reply["maps"].items() if name in abi.MAPS}
@@ -86,11 +89,32 @@ class KernelMaps:
             self._gen = getattr(self, "_gen", 0) + 1
             self._maps["watch_gen"].set(0, self._gen & 0xFFFFFFFF)
         self._watched = {i: v for i, v in values_by_ifindex.items() if i < slots}
-        if self.tcx_links is not None:
+        if self.tcx_links is not None and self.detail:
             # A port that vanished before its link is simply not linked: the
             # next refresh no longer lists it.
             self.tcx_links.sync(self._watched)
         return too_big
+
+    def set_detail(self, on: bool, tracepoints=()) -> None:
+        """Attach (on) or detach the port programs: with tcx, their links to
+        the watched devices; else the raw tracepoints named (each attachment
+        is the fd bcc opened, closed here, and opened again from the
+        program's fd: bpf(BPF_RAW_TRACEPOINT_OPEN)). The maps stay: counters
+        pause while detached and go on from there."""
+        if on == self.detail:
+            return
+        if self.tcx_links is not None:
+            self.tcx_links.sync(self._watched if on else ())
+        for tp in tracepoints:
+            if on:
+                fn = self._fds[self._progs[f"raw_tracepoint__{tp}"]]
+                self._fds[self._detached_tps.pop(tp)] = bpfsys.raw_tracepoint_open(tp, fn)
+            elif tp in self._raw_tp:
+                i = self._raw_tp[tp]
+                os.close(self._fds[i])
+                self._fds[i] = -1
+                self._detached_tps[tp] = i
+        self.detail = on
 
     def set_own_macs(self, macs) -> None:
         """The bridge's own addresses (local FDB entries), for echo detection."""
@@ -232,6 +256,8 @@ class KernelMaps:
             ring.close()
         fds, self._fds = getattr(self, "_fds", []), []
         for fd in fds:
+            if fd < 0:
+                continue          # a tracepoint detached by set_detail()
             try:
                 os.close(fd)
             except OSError:

@@ -74,7 +74,8 @@ def refresh(follow: Follow) -> None:
 def run_loop(follows: list, interval: float, duration: Optional[float] = None,
              on_interval: Optional[Callable[[], None]] = None,
              on_poll: Optional[Callable[[], Optional[bool]]] = None,
-             poll_cap: float = TOPOLOGY_POLL, lock=None) -> Optional[BridgeGone]:
+             poll_cap: float = TOPOLOGY_POLL, lock=None,
+             on_gone: Optional[Callable[[Follow, BridgeGone], None]] = None) -> Optional[BridgeGone]:
     """Run until `duration` s pass, a signal arrives (Stopped) or `on_poll()`
     returns False; return the BridgeGone error if a bridge vanished (the
     caller prints its summary first, then raises it).
@@ -84,39 +85,57 @@ def run_loop(follows: list, interval: float, duration: Optional[float] = None,
     topology of every bridge whose links changed. Every `interval` s each
     bridge is refreshed and ticked, then on_interval() is called. `lock` (a
     context manager; export's scrape thread holds it too) is held around
-    everything but the wait."""
+    everything but the wait.
+
+    Long-running views (export, watch) pass `on_gone`: a vanished bridge is
+    then taken out of `follows` and handed to it, and the loop goes on; the
+    view may put a follow back into the list (the bridge came back)."""
     lock = lock if lock is not None else nullcontext()
     start = time.monotonic()
     deadline = None if duration is None else start + duration
     due = start + interval
+
+    def look(follow: Follow, tick: bool) -> Optional[BridgeGone]:
+        try:
+            with lock:
+                refresh(follow)
+                if tick:
+                    follow.tick()
+        except BridgeGone as exc:
+            if on_gone is None:
+                return exc
+            follows.remove(follow)
+            on_gone(follow, exc)
+        return None
+
     try:
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
             wait = min(due, deadline if deadline is not None else due, now + poll_cap) - now
-            wait_ms = max(1, int(wait * 1000 / len(follows)))
-            for follow in follows:
-                follow.run.maps.poll(wait_ms)
+            if not follows:
+                time.sleep(max(0.001, wait))
+            for follow in list(follows):
+                follow.run.maps.poll(max(1, int(wait * 1000 / len(follows))))
                 with lock:
                     follow.drain()
             if on_poll is not None and on_poll() is False:
                 return None
-            for follow in follows:
+            for follow in list(follows):
                 if follow.run.topo.links_changed():
-                    with lock:
-                        refresh(follow)
+                    gone = look(follow, tick=False)
+                    if gone is not None:
+                        return gone
             now = time.monotonic()
             if now >= due:
                 due = next_tick(due, now, interval)
-                with lock:
-                    for follow in follows:
-                        refresh(follow)
-                        follow.tick()
+                for follow in list(follows):
+                    gone = look(follow, tick=True)
+                    if gone is not None:
+                        return gone
                 if on_interval is not None:
                     on_interval()
-    except BridgeGone as exc:
-        return exc
     except Stopped:
         return None
 

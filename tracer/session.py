@@ -33,6 +33,10 @@ HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "ports", "decide.bpf.
                   "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh", "trace.bpf.c": "drops"}
 
 
+# The tracepoints of forward.bpf.c's port programs when they are not tcx
+# programs: what BridgeRun.set_detail() detaches and attaches again.
+PORT_TRACEPOINTS = ("netif_receive_skb", "net_dev_queue")
+
 FDB_DUMP_EVERY = 2.0     # seconds between FDB dumps
 FDB_DUMP_MAX = 4096      # entries beyond which the FDB is no longer dumped
 
@@ -92,9 +96,15 @@ def write_ready_file(path: str) -> None:
 class BridgeRun:
     """The kernel side of a view: open() attaches, close() detaches."""
 
-    def __init__(self, cfg: Config, sources: tuple, defines: dict | None = None):
+    def __init__(self, cfg: Config, sources: tuple, defines: dict | None = None,
+                 detail_on_demand: bool = False):
         self.cfg = cfg
         self.sources = sources
+        # watch: the port programs start detached (set_detail() arms them),
+        # and the kprobes of exact decisions are not loaded at all (a kprobe
+        # costs every frame however early it returns; the port programs
+        # reconstruct the decisions while armed).
+        self.detail_on_demand = detail_on_demand
         # hook names (tracer/probes.py) these sources implement, for headers
         self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
         if "forward.bpf.c" in sources:
@@ -124,10 +134,13 @@ class BridgeRun:
         self._loader = LoaderChild()
         self.kernel = Kernel.open()
         forward = self.kernel.choice("forward").picked
-        if "forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe":
+        if ("forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe"
+                and not self.detail_on_demand):
             # The bridge's own functions are hookable: add exact decisions.
             self.sources = self.sources + ("decide.bpf.c",)
         self.mode = forward.mechanism if forward and "forward.bpf.c" in self.sources else None
+        if self.mode == "kprobe" and self.detail_on_demand:
+            self.mode = "reconstructed"
         ports = self.kernel.choice("ports").picked
         if "forward.bpf.c" in self.sources:
             if ports is None:
@@ -168,6 +181,8 @@ class BridgeRun:
             self.maps = KernelMaps(Program(self.sources, defines), tcx=tcx_spec)
         with signals_deferred():
             self._apply_watch()
+            if self.detail_on_demand:
+                self.set_detail(False)
         # The interfaces' own drop counters at start, to reconcile at the end.
         self.iface_baseline = {i: (p.rx_dropped, p.tx_dropped) for i, p in self.bridge.ports.items()}
         self.started = time.monotonic()
@@ -204,6 +219,15 @@ class BridgeRun:
         self.own_macs = ({p.mac.lower() for p in self.bridge.ports.values() if p.mac}
                          | {self.bridge.mac.lower()} | {e.mac for e in self.fdb_now if e.local})
         self.maps.set_own_macs(self.own_macs)
+
+    def set_detail(self, on: bool) -> None:
+        """Attach (on) or detach the port programs; the other hooks stay."""
+        if "forward.bpf.c" in self.sources and self.maps is not None:
+            self.maps.set_detail(on, () if self.port_hooks == "tcx" else PORT_TRACEPOINTS)
+
+    @property
+    def detail(self) -> bool:
+        return self.maps is not None and self.maps.detail and "forward.bpf.c" in self.sources
 
     def iface_drops(self) -> dict:
         """port name -> (rx_dropped, tx_dropped) the interface itself counted
@@ -244,6 +268,7 @@ class BridgeRun:
         """Follow ports joining or leaving; BridgeGone if the bridge vanished.
         Returns the port events (topology.port_changes) since the last look."""
         before, fdb_before = self.bridge, self.fdb_now
+        self._check_netns()
         with signals_deferred():
             try:
                 self.bridge = self.topo.bridge(self.cfg.bridge)
@@ -252,6 +277,22 @@ class BridgeRun:
                                  "the summary above covers the run until then") from exc
             self._apply_watch()
         return port_changes(before, self.bridge, fdb_before, self.fdb_now)
+
+    def _check_netns(self) -> None:
+        """BridgeGone if the bridge's named namespace was deleted or replaced
+        by a new one of the same name: our netlink socket keeps the old one
+        alive, bridge and all, so looking the bridge up in it would still
+        find it (a ghost nobody can reach)."""
+        if not self.netns.name:
+            return
+        try:
+            inode = os.stat(self.netns.path).st_ino
+        except OSError:
+            inode = None
+        if inode != self.netns.inode:
+            what = "deleted" if inode is None else "replaced by a new one of the same name"
+            raise BridgeGone(f"network namespace {self.netns.name} of bridge {self.cfg.bridge} was {what}",
+                             "the summary above covers the run until then")
 
     def fdb(self) -> list:
         """The FDB as of the last dump (see _maybe_dump_fdb)."""

@@ -53,6 +53,10 @@ class Port:
     stp_state: str     # forwarding, blocking, ... (STP_STATES)
     rx_dropped: int = 0   # the interface's own counters (netlink stats64)
     tx_dropped: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ class Topology:
                     mac=dev.get_attr("IFLA_ADDRESS") or "", mtu=dev.get_attr("IFLA_MTU") or 0,
                     operstate=dev.get_attr("IFLA_OPERSTATE") or "", txqlen=dev.get_attr("IFLA_TXQLEN") or 0,
                     stp_state=STP_STATES.get(states.get(dev["index"], -1), "unknown"),
-                    **_dropped(dev))
+                    **_iface_counters(dev))
         return Bridge(ifindex=ifindex, name=name, mac=link.get_attr("IFLA_ADDRESS") or "",
                       mtu=link.get_attr("IFLA_MTU") or 0, netns=self.netns, ports=ports)
 
@@ -304,11 +308,16 @@ def _bound_link_socket() -> socket.socket:
     return s
 
 
-def _dropped(link) -> dict:
+# The interface counters kept from stats64: what the driver itself counts,
+# free to read and complete whether or not a BPF program is attached.
+IFACE_COUNTERS = ("rx_dropped", "tx_dropped", "rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
+
+
+def _iface_counters(link) -> dict:
     stats = link.get_attr("IFLA_STATS64")
     if stats is None:
         return {}
-    return {"rx_dropped": stats.get("rx_dropped") or 0, "tx_dropped": stats.get("tx_dropped") or 0}
+    return {k: stats.get(k) or 0 for k in IFACE_COUNTERS}
 
 
 def _enslaved(netns_path: str, ifindex: int) -> bool | None:

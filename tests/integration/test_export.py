@@ -510,3 +510,89 @@ def test_alert_rules_fire_on_synthetic_series(workdir):
     tests.write_text(UNIT_TESTS.format(rules=RULES))
     proc = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+class _Where:
+    """What Exporter needs to know of a lab: the namespace and the bridge."""
+
+    def __init__(self, bridge_ns: str, bridge: str):
+        self.bridge_ns, self.bridge = bridge_ns, bridge
+
+
+def _build_bridge(ns: str, bridge: str, port: str, peer: str) -> None:
+    for cmd in (["link", "add", bridge, "type", "bridge", "mcast_snooping", "0"],
+                ["link", "set", bridge, "up"],
+                ["link", "add", port, "type", "veth", "peer", "name", peer],
+                ["link", "set", port, "master", bridge, "up"], ["link", "set", peer, "up"]):
+        run(["ip", "-n", ns, *cmd])
+
+
+def _netns_add(ns: str) -> None:
+    run(["ip", "netns", "add", ns])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
+    run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"])
+
+
+def test_export_keeps_serving_while_a_bridge_and_its_namespace_come_and_go(workdir):
+    """libvirt tears networks down and builds them again. The bridge deleted:
+    export keeps serving, `brtrace_bridge_up` 0 within 2 s and no series of
+    the old incarnation left; the bridge re-created: up again within 2 s,
+    its counters from 0 (exactly the 7 broadcasts sent since). The same when
+    the bridge's namespace is deleted and re-created under its name (our own
+    netlink sockets kept the old one alive: it must not be served as a
+    ghost)."""
+    ns, bridge, port, peer = f"brtxg{os.getpid() % 10000}", "brg0", "gp0", "gh0"
+    frame = ether(BROADCAST, "02:b7:00:00:bb:01", ETH_P_LAB, b"back")
+    _netns_add(ns)
+    try:
+        _build_bridge(ns, bridge, port, peer)
+        exporter = Exporter(workdir, _Where(ns, bridge), interval=0.5)
+        try:
+            def up() -> float:
+                return value(exporter.scrape(), "brtrace_bridge_up", bridge=bridge)
+
+            def series() -> set:
+                return {n for (n, ls) in exporter.scrape() if ("bridge", bridge) in ls}
+
+            assert up() == 1
+            send_frames(ns, peer, frame, 3)
+            ok, _ = _wait(lambda: value(exporter.scrape(), "brtrace_port_flood_packets_total",
+                                        port=port, type="broadcast") == 3, timeout=3)
+            assert ok, exporter.scrape_text()
+
+            def bridge_again():     # the port outlived its bridge: enslave it again
+                for cmd in (["link", "add", bridge, "type", "bridge", "mcast_snooping", "0"],
+                            ["link", "set", bridge, "up"], ["link", "set", port, "master", bridge]):
+                    run(["ip", "-n", ns, *cmd])
+
+            def namespace_again():
+                _netns_add(ns)
+                _build_bridge(ns, bridge, port, peer)
+
+            for what, remove, rebuild in (
+                    ("bridge", lambda: run(["ip", "-n", ns, "link", "del", bridge]), bridge_again),
+                    ("namespace", lambda: run(["ip", "netns", "del", ns]), namespace_again)):
+                remove()
+                went, took = _wait(lambda: up() == 0, timeout=4)
+                assert went, f"{what} deleted: bridge_up still 1 after 4 s\n{exporter.output()}"
+                assert took < 2.5, f"{what} deleted: bridge_up went 0 after {took:.1f} s"
+                assert series() == {"brtrace_bridge_up"}, series()
+                assert exporter.proc.poll() is None, exporter.output()
+                rebuild()
+                back, took = _wait(lambda: up() == 1, timeout=6)
+                assert back, f"{what} re-created: not attached again after 6 s\n{exporter.output()}"
+                assert took < 2.5, f"{what} re-created: attached again after {took:.1f} s"
+                send_frames(ns, peer, frame, 7)
+                ok, _ = _wait(lambda: value(exporter.scrape(), "brtrace_port_flood_packets_total",
+                                            port=port, type="broadcast") == 7, timeout=3)
+                assert ok, f"after the {what} came back: {exporter.scrape_text()}"
+        finally:
+            rc = exporter.stop()
+        assert rc == 0, exporter.output()
+        log = exporter.output()
+        assert log.count("waiting for it to come back") == 2, log
+        assert "was deleted" in log, log
+        assert log.count(f"{bridge}: back (attach #") == 2, log
+    finally:
+        run(["ip", "netns", "del", ns], check=False)

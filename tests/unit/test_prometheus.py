@@ -192,7 +192,16 @@ def test_two_bridges_stay_apart(families):
 def test_no_bridge_still_describes_every_metric():
     text = exposition([])
     assert samples(text) == []
-    assert len(re.findall(r"^# HELP ", text, re.M)) == len(re.findall(r"^# TYPE ", text, re.M)) == 20
+    assert len(re.findall(r"^# HELP ", text, re.M)) == len(re.findall(r"^# TYPE ", text, re.M)) == 21
+
+
+def test_a_vanished_bridge_is_only_bridge_up_zero():
+    text = exposition([BridgeSnapshot(bridge="br0", netns="", mode="", up=False,
+                                      ports={"vnet0": {"rx_packets": 5}}, stats={"events_lost": 3}),
+                       BridgeSnapshot(bridge="br1", netns="", mode="")])
+    assert [line for line in samples(text) if 'bridge="br0"' in line] == ['brtrace_bridge_up{bridge="br0"} 0.0']
+    assert 'brtrace_bridge_up{bridge="br0"} 0.0' in text
+    assert 'brtrace_bridge_up{bridge="br1"} 1.0' in text
 
 
 def test_missing_stats_read_as_zero():

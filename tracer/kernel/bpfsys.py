@@ -13,6 +13,7 @@ import platform
 
 # __NR_bpf per architecture (arch/*/entry/syscalls, stable).
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_LINK_CREATE = 28
 BPF_ENABLE_STATS = 32
 ATTR_SIZE = 64          # large enough for every command used here; the rest is zero
@@ -50,6 +51,15 @@ def link_create(prog_fd: int, target_ifindex: int, attach_type: int) -> int:
     target_ifindex at 4, attach_type at 8, flags 0, tcx relative/revision 0:
     append after the programs already there)."""
     return bpf(BPF_LINK_CREATE, {0: prog_fd, 4: target_ifindex, 8: attach_type})
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach a loaded raw-tracepoint program (attr.raw_tracepoint: the
+    name's address as a u64 at 0, prog_fd at 8); the returned fd holds the
+    attachment until closed."""
+    buf = ctypes.create_string_buffer(name.encode())
+    addr = ctypes.addressof(buf)
+    return bpf(BPF_RAW_TRACEPOINT_OPEN, {0: addr & 0xFFFFFFFF, 4: addr >> 32, 8: prog_fd})
 
 
 def enable_stats(kind: int = 0) -> int:

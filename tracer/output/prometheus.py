@@ -28,6 +28,7 @@ class BridgeSnapshot:
     probes: dict = field(default_factory=dict)      # hook -> attached (bool)
     stats: dict = field(default_factory=dict)       # events_lost, events_rate_limited, ...
     neigh_failures: dict = field(default_factory=dict)  # device -> resolutions that failed
+    up: bool = True                                 # False: the bridge vanished (export, watch)
 
 
 # (metric, help, label values from a port's counters: {label value: counter})
@@ -101,7 +102,14 @@ class BrtraceCollector:
                     for name, help_, label, _m in PORT_COUNTERS}
         singles = {name: CounterMetricFamily(name[:-len("_total")], help_, labels=["bridge", "port"])
                    for name, help_, _c in SINGLE_COUNTERS}
+        bridge_up = GaugeMetricFamily("brtrace_bridge_up",
+                                      "1 while the bridge exists and is traced; 0 while it is gone "
+                                      "(its counters restart from 0 when it comes back).",
+                                      labels=["bridge"])
         for snap in snaps:
+            bridge_up.add_metric([snap.bridge], 1 if snap.up else 0)
+            if not snap.up:
+                continue
             info.add_metric([VERSION, snap.bridge, snap.mode or ""], 1)
             for port, reason, function, n in sorted(snap.drops):
                 drops.add_metric([snap.bridge, port, reason, function], n)
@@ -123,6 +131,7 @@ class BrtraceCollector:
             lost.add_metric([snap.bridge], snap.stats.get("events_lost", 0))
             limited.add_metric([snap.bridge], snap.stats.get("events_rate_limited", 0))
         yield info
+        yield bridge_up
         yield drops
         yield from families.values()
         yield from singles.values()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import sys
 import threading
-from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -20,7 +19,8 @@ from tracer.errors import UsageError
 from tracer.monitor import Monitor
 from tracer.output.prometheus import BridgeSnapshot, BrtraceCollector
 from tracer.report import base_function
-from tracer.runloop import Follow, attached
+from tracer.fleet import Fleet, Member, serving
+from tracer.runloop import Follow
 from tracer.session import BridgeRun, write_ready_file
 from tracer.views.base import port_event_line
 
@@ -69,35 +69,51 @@ def bridge_snapshot(run: BridgeRun, monitor: Monitor) -> BridgeSnapshot:
 def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
     out = out or sys.stderr
     host, port = parse_listen(listen)
-    runs = [BridgeRun(replace(cfg, bridge=b, ready_file=None), SOURCES) for b in bridges]
     lock = threading.Lock()
-    with attached(runs) as life:
-        monitors = [Monitor(run) for run in runs]
-        for m in monitors:
-            m.last_findings = []
-
+    fleet = Fleet(cfg, bridges, lambda c: BridgeRun(c, SOURCES), on_up=lambda m: _follow(m.monitor, out),
+                  log=lambda line: print(line, file=out, flush=True))
+    with serving(fleet):
         def source():
             with lock:
-                return [bridge_snapshot(m.run, m) for m in monitors]
-
-        registry = CollectorRegistry()
-        registry.register(BrtraceCollector(source))
+                return [member_snapshot(m) for m in fleet.members]
+        server = serve_metrics(source, listen, host, port, out, "export", bridges)
         try:
-            server, _thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}",
-                             "pick a free port with --listen ADDRESS:PORT") from exc
-        try:
-            print(f"brtrace export: serving {', '.join(bridges)} on http://{listen}/metrics", file=out, flush=True)
-            if not ipaddress.ip_address(host).is_loopback:
-                print(f"brtrace export: note: {host} is not loopback; the metrics are reachable "
-                      "from the network", file=out, flush=True)
             if cfg.ready_file:
                 write_ready_file(cfg.ready_file)
-            life.loop([_follow(m, out) for m in monitors], cfg, lock=lock)
+            fleet.loop(cfg.interval, cfg.duration, lock=lock)
         finally:
             server.shutdown()
     return 0
+
+
+def member_snapshot(m: Member, extra=None) -> BridgeSnapshot:
+    """A bridge of the fleet at scrape time: its counters while it is up;
+    only `brtrace_bridge_up 0` while it is down (the old incarnation's
+    counters are gone with it)."""
+    if not m.up:
+        return BridgeSnapshot(bridge=m.bridge, netns=m.cfg.netns or "", mode="", up=False)
+    snap = bridge_snapshot(m.run, m.monitor)
+    if extra is not None:
+        extra(m, snap)
+    return snap
+
+
+def serve_metrics(source, listen: str, host: str, port: int, out, view: str, bridges: list, collectors=()):
+    """Start the scrape endpoint (a thread of prometheus_client)."""
+    registry = CollectorRegistry()
+    registry.register(BrtraceCollector(source))
+    for c in collectors:
+        registry.register(c)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}",
+                         "pick a free port with --listen ADDRESS:PORT") from exc
+    print(f"brtrace {view}: serving {', '.join(bridges)} on http://{listen}/metrics", file=out, flush=True)
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"brtrace {view}: note: {host} is not loopback; the metrics are reachable "
+              "from the network", file=out, flush=True)
+    return server
 
 
 def _follow(monitor: Monitor, out) -> Follow:
@@ -106,6 +122,7 @@ def _follow(monitor: Monitor, out) -> Follow:
     they would need a port label that grows with every tap that ever came and
     went, and would lose the order and the detail (learned MACs flushed)."""
     bridge = monitor.run.bridge.name
+    monitor.last_findings = []
     follow = monitor.follow(on_event=lambda ev: print(f"brtrace export: {bridge}: {port_event_line(ev)}",
                                                       file=out, flush=True))
 
