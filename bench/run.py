@@ -391,7 +391,9 @@ class Bench:
             return argv
         spec = VIEWS[config]
         argv = brtrace_argv() + [spec.name, "--bridge", self.lab.bridge, "--netns", self.lab.bridge_ns,
-                                 "--interval", str(self.args.interval), "--duration", hold]
+                                 "--duration", hold]
+        if spec.interval:
+            argv += ["--interval", str(self.args.interval)]
         if spec.json:
             argv += ["-o", "json"]
         self.port = free_loopback_port()

@@ -24,6 +24,7 @@ class ViewSpec:
     extra_args: tuple = ()
     json: bool = True
     metrics: bool = False
+    interval: bool = True       # takes --interval (watch runs at its own 1 s)
 
 
 _FORWARD_TPS = ("kfree_skb", "br_fdb_update", "netif_receive_skb", "net_dev_queue")
@@ -38,6 +39,10 @@ VIEWS: Dict[str, ViewSpec] = {
     "neigh": ViewSpec("neigh", _FORWARD_TPS + _NEIGH_TPS),
     "export": ViewSpec("export", _FORWARD_TPS + _NEIGH_TPS, ("--listen", "127.0.0.1:{port}"),
                        json=False, metrics=True),
+    # Disarmed (a healthy bridge, as the bench's traffic is): no port hooks.
+    "watch": ViewSpec("watch", ("kfree_skb", "br_fdb_update") + _NEIGH_TPS,
+                      ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}"),
+                      json=False, metrics=True, interval=False),
 }
 
 WORKLOADS = ("unicast", "broadcast")

@@ -148,6 +148,58 @@ def export(bridges, netns, listen, interval, duration, ready_file):
 
 
 @cli.command()
+@click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
+              help="Bridge to watch (repeat for several, all in one namespace).")
+@click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges.")
+@click.option("--dir", "incident_dir", default="/var/lib/brtrace/incidents", show_default=True, metavar="DIR",
+              help="Where incident bundles are written (created 0700; bundles hold MACs and IPs).")
+@click.option("--listen", "-l", default="127.0.0.1:9435", show_default=True, metavar="ADDR:PORT",
+              help="Where to serve /metrics (export's metrics, plus armed/incident state).")
+@click.option("--on-incident", metavar="CMD", default=None,
+              help="Run CMD (/bin/sh -c) when an incident opens, with BRTRACE_INCIDENT_DIR, _ID, _TYPE, "
+                   "BRTRACE_BRIDGE, BRTRACE_NETNS and BRTRACE_PORTS set; its output goes into the bundle.")
+@click.option("--on-close", is_flag=True, default=False,
+              help="Also run the --on-incident command when the incident closes (BRTRACE_INCIDENT_EVENT=close).")
+@click.option("--command-timeout", type=float, default=30.0, show_default=True, callback=_positive(3600),
+              help="Seconds before the --on-incident command (and what it started) is killed.")
+@click.option("--quiet", type=float, default=60.0, show_default=True, callback=_positive(86400),
+              help="Seconds without symptoms after which an incident closes and detail disarms.")
+@click.option("--max-bundles", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Bundles kept; the oldest closed one goes first.")
+@click.option("--max-size", type=click.IntRange(min=1), default=512, show_default=True, metavar="MiB",
+              help="Total size of the bundles kept.")
+@click.option("--bundle-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="MiB",
+              help="Size at which one bundle stops growing (capture, timeline, kernel log).")
+@click.option("--max-per-hour", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Incidents recorded per hour at most; more are counted, not recorded.")
+@click.option("--duration", "-d", type=float, default=None, callback=_positive(MAX_DURATION),
+              help="Stop after this many seconds (default: run until stopped).")
+@click.option("--ready-file", hidden=True, default=None)
+def watch(bridges, netns, incident_dir, listen, on_incident, on_close, command_timeout, quiet, max_bundles,
+          max_size, bundle_size, max_per_hour, duration, ready_file):
+    """Always on: metrics, detail armed by symptoms, an incident bundle per episode.
+
+    \b
+    Cheap until something is wrong: drops, MAC moves, interface counters and
+    the kernel log run all the time; a symptom arms the per-frame detail
+    (loop fingerprints, ARP tables) within a second. A critical finding opens
+    an incident: DIR/<time>-<bridge>-<type>/ with incident.json, the
+    per-second timeline from 10 minutes before, a pcapng of the ports
+    involved, FDB/neighbour snapshots and the kernel log.
+    Examples:
+      brtrace watch --bridge br-int
+      brtrace watch -b br-int --on-incident 'pkill -INT -x tincd' --on-close
+      brtrace incidents
+    """
+    from tracer.views.watch import WatchOptions, run_watch  # noqa: PLC0415 - a verb imports its view only
+    cfg = Config(bridge=bridges[0], netns=netns, interval=1.0, duration=duration, ready_file=ready_file)
+    opts = WatchOptions(dir=incident_dir, quiet=quiet, on_incident=on_incident, on_close=on_close,
+                        command_timeout=command_timeout, max_bundles=max_bundles, max_total_mb=max_size,
+                        bundle_mb=bundle_size, max_per_hour=max_per_hour)
+    sys.exit(run_watch(cfg, list(dict.fromkeys(bridges)), listen, opts))
+
+
+@cli.command()
 @bridge_options
 @click.option("--count", "-c", type=click.IntRange(min=1), default=None,
               help="Stop after this many complete journeys.")

@@ -124,11 +124,14 @@ class Fleet:
             self._failures.pop(m.bridge, None)
             self.log(f"brtrace: {m.bridge}: back (attach #{m.incarnation}); counters start again from 0")
 
-    def loop(self, interval: float, duration: Optional[float] = None, on_interval=None, lock=None) -> None:
-        def on_poll():
+    def loop(self, interval: float, duration: Optional[float] = None, on_interval=None, lock=None,
+             on_poll=None) -> None:
+        def poll():
             with lock if lock is not None else _nolock():
                 self.rejoin()
-        run_loop(self.follows, interval, duration, on_interval=on_interval, on_poll=on_poll,
+                if on_poll is not None:
+                    on_poll()
+        run_loop(self.follows, interval, duration, on_interval=on_interval, on_poll=poll,
                  lock=lock, on_gone=self.gone)
 
     def close(self) -> None:

@@ -29,6 +29,11 @@ class Monitor:
         self.jiffy_ms = jiffy_ns() / 1e6   # loop records' round trips are in ticks
         self.port_events: deque = deque(maxlen=1024)
         self._pending: list = []
+        # Port counters at the start of the current episode (watch: when
+        # detail was armed); findings count from there. Empty: since load.
+        self.base: dict = {}
+        self.last_snapshot: dict = {}
+        self.last_findings: list = []    # as of the last tick (export, watch)
         run.maps.on_events(self._pending.append)
 
     # -- per record -----------------------------------------------------------
@@ -111,12 +116,25 @@ class Monitor:
         return {"drops": drops, "counters": counters, "moves": moves,
                 "arp": arp, "neigh": neigh}
 
+    def restart_episode(self) -> None:
+        """Findings count from now: a new episode (watch arms detail again)
+        must not be judged on the totals of the last one. The kernel's
+        counters are never cleared (Prometheus reads them); they are read
+        relative to this moment, and the aggregated state starts empty."""
+        self.base = self.snapshot()["counters"]
+        self.bridge_state = BridgeState(interval=self.run.cfg.interval)
+
     def tick(self) -> None:
         """Fold a snapshot of every kernel map the run has loaded."""
         snap, now = self.snapshot(), time.monotonic()
+        self.last_snapshot = snap
         if self.run.maps.has_map("drop_counts"):
             self.drops.fold_counts(snap["drops"], now)
-        self.bridge_state.fold(snap["counters"], snap["moves"], now)
+        counters = snap["counters"]
+        if self.base:
+            counters = {port: {k: v - self.base.get(port, {}).get(k, 0) for k, v in values.items()}
+                        for port, values in counters.items()}
+        self.bridge_state.fold(counters, snap["moves"], now)
         self.bridge_state.arp = snap["arp"]
         self.bridge_state.neigh = snap["neigh"]
 

@@ -75,6 +75,9 @@ class Bridge:
     mtu: int
     netns: Netns
     ports: dict = field(default_factory=dict)   # ifindex -> Port
+    # the bridge device's own stats64 (IFACE_COUNTERS): its rx is what
+    # br_pass_frame_up() delivers to the host, every broadcast included
+    counters: dict = field(default_factory=dict)
 
     def port_name(self, ifindex: int) -> str:
         if ifindex == self.ifindex:
@@ -233,7 +236,8 @@ class Topology:
                     stp_state=STP_STATES.get(states.get(dev["index"], -1), "unknown"),
                     **_iface_counters(dev))
         return Bridge(ifindex=ifindex, name=name, mac=link.get_attr("IFLA_ADDRESS") or "",
-                      mtu=link.get_attr("IFLA_MTU") or 0, netns=self.netns, ports=ports)
+                      mtu=link.get_attr("IFLA_MTU") or 0, netns=self.netns, ports=ports,
+                      counters=_iface_counters(link))
 
     def _stp_states(self) -> dict[int, int]:
         out = {}

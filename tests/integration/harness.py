@@ -7,16 +7,20 @@ way: `-o json --ready-file`, wait until attached, stop by PID, read records.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tracer.kernel.btf import Btf
 from tracer.kernel.features import Features
@@ -161,3 +165,101 @@ def reads_env(reads: str) -> dict:
         if not ok:
             pytest.skip(f"no direct kernel reads here: {why}")
     return READS[reads][0]
+
+
+# -- long-running views (export, watch): a child serving /metrics --------------------
+
+def pdeathsig():
+    """In the child: SIGTERM when the test process dies, so nothing outlives it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort, in the child before it runs
+        pass
+
+
+def stop_pid(proc: subprocess.Popen, grace: float = 20.0, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def parse_metrics(text: str) -> dict:
+    """Exposition text -> {(sample name, frozenset(labels)): value}."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def metric_value(scrape: dict, name: str, **labels) -> float:
+    """Sum of the samples of NAME whose labels include LABELS."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
+
+
+def wait_for(check, timeout: float, every: float = 0.02):
+    """Poll CHECK until it returns something true; (result, seconds taken)."""
+    t0 = time.monotonic()
+    while True:
+        got = check()
+        if got or time.monotonic() - t0 > timeout:
+            return got, time.monotonic() - t0
+        time.sleep(every)
+
+
+class Served:
+    """`brtrace export` or `brtrace watch` as a child process on a free
+    loopback port; its stdout and stderr in a log file."""
+
+    def __init__(self, workdir: Path, view: str, netns: str, *bridges: str, args=(),
+                 duration: float = 150.0, start_timeout: float = 60.0, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        ready = workdir / f"{view}-ready-{self.port}"
+        self.log_path = workdir / f"{view}-{self.port}.log"
+        self.log = open(self.log_path, "w+")
+        argv = [sys.executable, "-m", "tracer.cli", view, "--netns", netns,
+                "--listen", f"127.0.0.1:{self.port}", "--duration", str(duration),
+                "--ready-file", str(ready), *args]
+        for b in bridges:
+            argv += ["--bridge", b]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=pdeathsig, env={**os.environ, **env} if env else None)
+        deadline = time.monotonic() + start_timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"brtrace {view} exited early: {self.output()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"brtrace {view} did not become ready in time")
+            time.sleep(0.05)
+        self.startup = time.monotonic() - t0
+
+    def output(self) -> str:
+        """What it wrote (stdout and stderr), also after stop()."""
+        return self.log_path.read_text()
+
+    def scrape_text(self) -> str:
+        return http_get(self.url)
+
+    def scrape(self) -> dict:
+        return parse_metrics(self.scrape_text())
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        stop_pid(self.proc, sig=sig)
+        self.log.close()
+        return self.proc.returncode

@@ -12,14 +12,10 @@ namespaces prefixed brtx; the tools listen on free loopback ports.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,8 +24,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from harness import (Served, free_port, http_get, metric_value as value, parse_metrics as parse, pdeathsig,
+                     stop_pid, wait_for as _wait)
 from lab import BROADCAST, ETH_P_LAB, Lab, ether, ping, run, send_frames, start_sender, wait_sender
 
 pytestmark = pytest.mark.integration
@@ -46,77 +43,13 @@ TAP_MAC = "02:b7:00:00:aa:01"
 _ids = iter(range(1, 1000))
 
 
-# -- children we start, stopped by PID ------------------------------------------------
-
-def _pdeathsig():
-    """In the child: SIGTERM when the test process dies, so nothing outlives it."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort, in the child before it runs
-        pass
-
-
-def stop_pid(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read().decode()
-
-
-class Exporter:
+class Exporter(Served):
     """`brtrace export` as a child process, on a free loopback port."""
 
-    def __init__(self, workdir: Path, lab: Lab, *bridges: str, interval: float = 0.5,
+    def __init__(self, workdir: Path, lab, *bridges: str, interval: float = 0.5,
                  duration: float = 150.0, start_timeout: float = 60.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-        ready = workdir / f"export-ready-{self.port}"
-        self.log_path = workdir / f"export-{self.port}.log"
-        self.log = open(self.log_path, "w+")
-        argv = [sys.executable, "-m", "tracer.cli", "export", "--netns", lab.bridge_ns,
-                "--listen", f"127.0.0.1:{self.port}", "--interval", str(interval),
-                "--duration", str(duration), "--ready-file", str(ready)]
-        for b in bridges or (lab.bridge,):
-            argv += ["--bridge", b]
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_pdeathsig)
-        deadline = time.monotonic() + start_timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"brtrace export exited early: {self.output()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("brtrace export did not become ready in time")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        """What brtrace export wrote (stdout and stderr), also after stop()."""
-        return self.log_path.read_text()
-
-    def scrape_text(self) -> str:
-        return http_get(self.url)
-
-    def scrape(self) -> dict:
-        return parse(self.scrape_text())
-
-    def stop(self) -> int:
-        stop_pid(self.proc)
-        self.log.close()
-        return self.proc.returncode
+        super().__init__(workdir, "export", lab.bridge_ns, *(bridges or (lab.bridge,)),
+                         args=("--interval", str(interval)), duration=duration, start_timeout=start_timeout)
 
 
 class Prometheus:
@@ -136,7 +69,7 @@ class Prometheus:
         self.proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
-            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_pdeathsig)
+            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)
         try:
             self.wait_for(lambda: http_get(self.base + "/-/ready", timeout=1).strip() != "",
                           timeout=60, what="Prometheus ready")
@@ -184,18 +117,6 @@ class Prometheus:
 
 def n_alerts() -> int:
     return sum(1 for line in RULES.read_text().splitlines() if line.strip().startswith("- alert:"))
-
-
-def parse(text: str) -> dict:
-    """Exposition text -> {(sample name, frozenset(labels)): value}."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def value(scrape: dict, name: str, **labels) -> float:
-    """Sum of the samples of NAME whose labels include LABELS."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
 
 
 def counters_of(scrape: dict) -> dict:
@@ -392,16 +313,6 @@ def test_export_reflecting_tap_raises_findings_and_alerts(lab, workdir):
             prom.stop()
         rc = exporter.stop()
     assert rc == 0, exporter.output()
-
-
-def _wait(check, timeout: float, every: float = 0.02):
-    """Poll CHECK until it returns something true; (result, seconds taken)."""
-    t0 = time.monotonic()
-    while True:
-        got = check()
-        if got or time.monotonic() - t0 > timeout:
-            return got, time.monotonic() - t0
-        time.sleep(every)
 
 
 def test_export_follows_ports_between_intervals_and_logs_port_events(lab, workdir):

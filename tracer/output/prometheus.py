@@ -29,6 +29,10 @@ class BridgeSnapshot:
     stats: dict = field(default_factory=dict)       # events_lost, events_rate_limited, ...
     neigh_failures: dict = field(default_factory=dict)  # device -> resolutions that failed
     up: bool = True                                 # False: the bridge vanished (export, watch)
+    # watch only (None: not watch)
+    armed: bool | None = None                       # the per-flooded-frame detail is attached
+    incident_open: bool | None = None
+    incidents: dict = field(default_factory=dict)   # type -> incidents opened
 
 
 # (metric, help, label values from a port's counters: {label value: counter})
@@ -106,8 +110,21 @@ class BrtraceCollector:
                                       "1 while the bridge exists and is traced; 0 while it is gone "
                                       "(its counters restart from 0 when it comes back).",
                                       labels=["bridge"])
+        armed = GaugeMetricFamily("brtrace_detail_armed",
+                                  "1 while watch runs the per-flooded-frame detail (fingerprints, ARP "
+                                  "tables), armed by a symptom; 0 while only the always-on tier runs.",
+                                  labels=["bridge"])
+        open_ = GaugeMetricFamily("brtrace_incident_open", "1 while watch has an incident open on the bridge.",
+                                  labels=["bridge"])
+        opened = CounterMetricFamily("brtrace_incidents", "Incidents watch opened, by the finding that opened them.",
+                                     labels=["bridge", "type"])
         for snap in snaps:
             bridge_up.add_metric([snap.bridge], 1 if snap.up else 0)
+            if snap.armed is not None:
+                armed.add_metric([snap.bridge], 1 if snap.armed and snap.up else 0)
+                open_.add_metric([snap.bridge], 1 if snap.incident_open else 0)
+                for type_, n in sorted(snap.incidents.items()):
+                    opened.add_metric([snap.bridge, type_], n)
             if not snap.up:
                 continue
             info.add_metric([VERSION, snap.bridge, snap.mode or ""], 1)
@@ -132,6 +149,10 @@ class BrtraceCollector:
             limited.add_metric([snap.bridge], snap.stats.get("events_rate_limited", 0))
         yield info
         yield bridge_up
+        if any(snap.armed is not None for snap in snaps):
+            yield armed
+            yield open_
+            yield opened
         yield drops
         yield from families.values()
         yield from singles.values()
@@ -140,3 +161,26 @@ class BrtraceCollector:
         yield probes
         yield lost
         yield limited
+
+
+class IncidentStoreCollector:
+    """watch's incident store: `source()` returns {"write_errors", "suppressed",
+    "bundles", "bytes"}."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self):
+        st = self.source()
+        errors = CounterMetricFamily("brtrace_incident_write_errors",
+                                     "Writes to the incident directory that failed (disk full, unwritable); "
+                                     "the log says which.")
+        errors.add_metric([], st.get("write_errors", 0))
+        suppressed = CounterMetricFamily("brtrace_incidents_suppressed",
+                                         "Incidents not recorded because the per-hour limit was reached.")
+        suppressed.add_metric([], st.get("suppressed", 0))
+        bundles = GaugeMetricFamily("brtrace_incident_bundles", "Incident bundles kept in the directory.")
+        bundles.add_metric([], st.get("bundles", 0))
+        size = GaugeMetricFamily("brtrace_incident_bundles_bytes", "Bytes the kept incident bundles take.")
+        size.add_metric([], st.get("bytes", 0))
+        yield from (errors, suppressed, bundles, size)

@@ -1,0 +1,244 @@
+"""`brtrace watch` on the real kernel: quiet while the bridge is healthy, an
+incident bundle when a loop starts (or is already running), closed when it
+ends, bounded on disk, and serving while the bridge comes and goes.
+
+Faults are the ones of test_loop_verdicts: two bridges cabled twice (a
+single broadcast circulates for ever) and a reflecting tap with hairpin.
+brtrace watch is our child, stopped by PID; its incident directory is the
+test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import Served, metric_value, wait_for
+from lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
+
+pytestmark = pytest.mark.integration
+
+QUIET = "3"          # seconds without symptoms before an incident closes and detail disarms
+TSHARK = shutil.which("tshark")
+
+
+def watch(tmp_path: Path, lab, *args: str, dir_: Path | None = None, duration: float = 120.0) -> Served:
+    return Served(tmp_path, "watch", lab.bridge_ns, lab.bridge, duration=duration,
+                  args=("--dir", str(dir_ or tmp_path / "incidents"), "--quiet", QUIET, *args))
+
+
+def bundles(d: Path) -> list:
+    return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def incident(b: Path) -> dict:
+    return json.loads((b / "incident.json").read_text())
+
+
+def seed_loop(lab) -> tuple:
+    """Two-link loop to a peer bridge, STP off, and one broadcast in it: the
+    storm runs until break_loop(). Returns (loop ports, time of the seed)."""
+    loop = lab.add_peer_bridge_loop(links=2, stp=False, hold=60)
+    h1 = lab.host(1)
+    t0 = time.monotonic()
+    send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"storm"), 1)
+    return sorted(p for p, _peer in loop.links), t0
+
+
+def pcap_comments(path: Path) -> list:
+    out = subprocess.run([TSHARK, "-r", str(path), "-T", "fields", "-e", "frame.comment"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def scrape(w: Served, name: str, **labels) -> float:
+    return metric_value(w.scrape(), name, **labels)
+
+
+@pytest.mark.skipif(not TSHARK, reason="tshark not installed (scripts/setup installs it)")
+def test_quiet_bridge_then_a_loop_then_quiet_again(lab, tmp_path, tracer_factory):
+    """10 s of a healthy bridge (a guest pinging its neighbour): no bundle,
+    detail never armed. Then a loop: a bundle within 3 s of its first frame,
+    the operator's command run once with the documented variables, a pcapng
+    of the loop's ports, a timeline reaching back before the trigger, the
+    verdict `brtrace loops` gives. The loop broken: the incident closes
+    (one bundle for the episode), the command runs for the close, detail
+    disarms. Then the bridge is deleted and re-created: served throughout,
+    brtrace_bridge_up 0 then 1."""
+    inc = tmp_path / "incidents"
+    cmd = ('env | grep ^BRTRACE_ | sort > "$BRTRACE_INCIDENT_DIR/env-$BRTRACE_INCIDENT_EVENT.txt"; '
+           'echo "ran for $BRTRACE_INCIDENT_EVENT"')
+    w = watch(tmp_path, lab, "--on-incident", cmd, "--on-close")
+    try:
+        h1, h2 = lab.host(1), lab.host(2)
+        ping(h1.netns, h2.ip, count=10, interval=1.0)           # healthy traffic for 10 s
+        assert bundles(inc) == [], [p.name for p in bundles(inc)]
+        assert scrape(w, "brtrace_detail_armed", bridge=lab.bridge) == 0
+        assert scrape(w, "brtrace_incident_open", bridge=lab.bridge) == 0
+        assert "detail armed" not in w.output(), w.output()
+        assert scrape(w, "brtrace_port_packets_total", port=h1.port, direction="rx") >= 10
+
+        links, t0 = seed_loop(lab)
+        found, _ = wait_for(lambda: bundles(inc), timeout=6)
+        took = time.monotonic() - t0
+        assert found, w.output()
+        assert took < 3.0, f"bundle appeared {took:.1f} s after the loop's first frame"
+        (b,) = found
+        assert b.stat().st_mode & 0o777 == 0o700
+        armed, _ = wait_for(lambda: scrape(w, "brtrace_detail_armed", bridge=lab.bridge) == 1, timeout=2)
+        assert armed
+        # What `brtrace loops` says of the same storm, attached now.
+        t = tracer_factory("loops", "--bridge", lab.bridge, "--netns", lab.bridge_ns, "--interval", "0.5",
+                           "--duration", "60")
+        time.sleep(4.0)
+        t.stop(settle=0.2)
+        (lf,) = t.findings("l2_loop")
+        rec = incident(b)
+        assert rec["state"] == "open"
+        v = rec["verdict"]
+        assert (v["type"], v["kind"], sorted(v["ports"])) == ("l2_loop", lf["evidence"]["kind"], sorted(lf["ports"]))
+        assert (v["kind"], sorted(v["ports"]), sorted(v["culprit_ports"])) == ("loop_between_ports", links, links)
+
+        lab.break_loop()
+        broken = time.monotonic()
+        closed, _ = wait_for(lambda: incident(b)["state"] == "closed", timeout=float(QUIET) + 6, every=0.2)
+        assert closed, w.output()
+        disarmed, _ = wait_for(lambda: scrape(w, "brtrace_detail_armed", bridge=lab.bridge) == 0,
+                               timeout=float(QUIET) + 6, every=0.2)
+        assert disarmed, w.output()
+        print(f"\nbundle after {took:.2f} s; closed and disarmed {time.monotonic() - broken:.1f} s after the break")
+        assert bundles(inc) == [b], "one incident per episode"
+        assert scrape(w, "brtrace_incidents_total", bridge=lab.bridge) == 1
+
+        # The bridge goes and comes back: watch keeps serving.
+        lab.ip(lab.bridge_ns, "link", "del", lab.bridge)
+        went, _ = wait_for(lambda: scrape(w, "brtrace_bridge_up", bridge=lab.bridge) == 0, timeout=3)
+        assert went, w.output()
+        lab.ip(lab.bridge_ns, "link", "add", lab.bridge, "type", "bridge", "mcast_snooping", "0")
+        lab.ip(lab.bridge_ns, "link", "set", lab.bridge, "up")
+        back, took_back = wait_for(lambda: scrape(w, "brtrace_bridge_up", bridge=lab.bridge) == 1, timeout=5)
+        assert back and took_back < 2.5, (took_back, w.output())
+    finally:
+        rc = w.stop()
+    assert rc == 0, w.output()
+    log = w.output()
+    assert log.count("detail armed") == 1 and log.count("detail disarmed") == 1, log
+
+    rec = incident(b)
+    assert rec["type"] in ("mac_flap", "l2_loop", "own_address_echo"), rec["type"]
+    assert rec["closed_because"] == "quiet"
+    ran = rec["on_incident"]
+    assert sorted(r["event"] for r in ran) == ["close", "open"], ran
+    assert all(r["status"] == 0 for r in ran), ran
+    env = dict(line.split("=", 1) for line in (b / "env-open.txt").read_text().splitlines())
+    assert env["BRTRACE_INCIDENT_DIR"] == str(b) and env["BRTRACE_INCIDENT_ID"] == b.name
+    assert env["BRTRACE_BRIDGE"] == lab.bridge and env["BRTRACE_NETNS"] == lab.bridge_ns
+    assert env["BRTRACE_INCIDENT_EVENT"] == "open" and env["BRTRACE_INCIDENT_TYPE"] == rec["type"]
+    assert set(env["BRTRACE_PORTS"].split()) <= set(links) | {h1.port, h2.port}
+    assert (b / "on-incident-open.log").read_text().strip() == "ran for open"
+
+    # The timeline: one record a second, from before the trigger to the close.
+    lines = [json.loads(x) for x in (b / "timeline.jsonl").read_text().splitlines()]
+    opened = rec["opened_at"]
+    before = [r for r in lines if r["t"] < opened]
+    assert len(before) >= 8, f"{len(before)} records before the trigger"
+    assert any(r["armed"] for r in lines) and not before[0]["armed"]
+    assert sum(r["ports"][h1.port].get("tx_packets", 0) for r in before[-6:]) >= 4   # the guest's pings
+    assert any(r["ports"].get(links[0], {}).get("rx_packets", 0) > 1000 for r in lines)
+
+    # The capture: frames of the loop's ports, each named by port and direction.
+    comments = pcap_comments(b / "capture.pcapng")
+    assert len(comments) > 100, len(comments)
+    seen = {c.split()[0] for c in comments}
+    assert seen <= set(links) | {h1.port, h2.port}
+    assert set(links) & seen
+    assert all(" in: entered " in c or " out: left " in c for c in comments), comments[:3]
+    assert rec["capture"]["packets"] == len(comments)
+
+    for name in ("open", "close"):
+        snap = json.loads((b / "snapshots" / f"{name}.json").read_text())
+        assert {p["port"] for p in snap["ports"]} >= set(links) | {h1.port}
+        assert snap["fdb"], snap
+
+
+def test_storm_running_before_watch_and_sigterm_mid_incident(lab, tmp_path):
+    """The storm started 3 s before watch: detail armed and a bundle within 3 s
+    of watch being ready. The operator's command hangs: killed at its 1 s
+    timeout and reported. SIGTERM while the incident is open: exit 0, the
+    bundle closed consistently (valid JSON, a pcapng tshark reads)."""
+    inc = tmp_path / "incidents"
+    links, _t0 = seed_loop(lab)
+    time.sleep(3.0)
+    w = watch(tmp_path, lab, "--on-incident", "sleep 60", "--command-timeout", "1")
+    ready = time.monotonic()
+    try:
+        found, _ = wait_for(lambda: bundles(inc), timeout=6)
+        took = time.monotonic() - ready
+        assert found and took < 3.0, (took, w.output())
+        (b,) = found
+        killed, _ = wait_for(lambda: incident(b)["on_incident"], timeout=6, every=0.2)
+        assert killed, incident(b)
+        (r,) = incident(b)["on_incident"]
+        assert "killed at timeout" in r["result"] and r["duration_s"] < 4, r
+        assert incident(b)["state"] == "open"
+    finally:
+        rc = w.stop()
+        lab.break_loop()
+    assert rc == 0, w.output()
+    rec = incident(b)
+    assert rec["state"] == "closed" and rec["closed_because"] == "watch stopped"
+    assert (rec["verdict"]["type"], rec["verdict"]["kind"], sorted(rec["verdict"]["ports"])) == \
+        ("l2_loop", "loop_between_ports", links)
+    if TSHARK:
+        assert len(pcap_comments(b / "capture.pcapng")) > 0
+
+
+def test_caps_hold_and_an_unwritable_directory_is_a_metric(lab, tmp_path):
+    """A long storm's bundle stops growing at --bundle-size; with
+    --max-bundles 1 the next incident (a reflecting tap, after the loop)
+    replaces the oldest bundle. A second watch whose --dir cannot be created
+    (a file stands in the way) counts write errors, logs them, and keeps
+    serving."""
+    inc = tmp_path / "incidents"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be\n")
+    w = watch(tmp_path, lab, "--bundle-size", "1", "--max-bundles", "1")
+    bad = watch(tmp_path, lab, dir_=blocker / "incidents")
+    try:
+        links, _t0 = seed_loop(lab)
+        found, _ = wait_for(lambda: bundles(inc), timeout=6)
+        assert found, w.output()
+        (first,) = found
+        time.sleep(6.0)
+        size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+        assert size <= (1 << 20) + (64 << 10), size
+        errors, _ = wait_for(lambda: scrape(bad, "brtrace_incident_write_errors_total") > 0, timeout=3)
+        assert errors, bad.output()
+        lab.break_loop()
+        closed, _ = wait_for(lambda: incident(first)["state"] == "closed", timeout=float(QUIET) + 8, every=0.2)
+        assert closed, w.output()
+        rec = incident(first)
+        assert rec["capture"]["truncated_by"] == "bytes", rec["capture"]
+
+        tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=5_000_000, hold=15, comm="tincd")
+        run(["bridge", "-n", lab.bridge_ns, "link", "set", "dev", tap.name, "hairpin", "on"])
+        h1 = lab.host(1)
+        send_frames(h1.netns, h1.ifname, ether(BROADCAST, h1.mac, ETH_P_LAB, b"echo"), 1)
+        replaced, _ = wait_for(lambda: [p for p in bundles(inc) if p != first], timeout=8)
+        assert replaced, w.output()
+        assert bundles(inc) == replaced, "the oldest bundle goes when the count cap is reached"
+        lab.stop_tap_reader(tap.name)
+    finally:
+        rc = w.stop()
+        rc_bad = bad.stop()
+    assert rc == 0, w.output()
+    assert rc_bad == 0, bad.output()
+    assert "cannot create" in bad.output() and "a file stands where the directory should be" in bad.output()
+    assert not os.path.exists(blocker / "incidents")
