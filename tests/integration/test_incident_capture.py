@@ -132,3 +132,20 @@ def test_sigterm_mid_capture_leaves_a_valid_file(lab, tmp_path):
             child.wait()
     rows = tshark(path)
     assert len(rows) > 0
+
+
+def test_a_port_that_leaves_is_dropped(lab, tmp_path):
+    h1, h2 = lab.host(1), lab.host(2)
+    with open(tmp_path / "capture.pcapng", "wb", buffering=0) as f:
+        cap = Capture(f, lab.bridge, netns_path(lab.bridge_ns), max_seconds=30)
+        cap.start([(h1.port, None), (h2.port, None)])
+        time.sleep(0.3)
+        lab.ip(lab.bridge_ns, "link", "del", h2.port)
+        time.sleep(0.5)
+        cpu = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.1        # the reader is not spinning on a dead socket
+        stats = cap.stats()
+        assert stats["ports"] == [h1.port] and h2.port in stats["port_errors"] and cap.running
+        cap.stop()
+    assert tshark(tmp_path / "capture.pcapng") == []

@@ -216,3 +216,16 @@ def test_paths_stay_inside_the_bundle(tmp_path):
     b = st.open("br0", None, "storm", [], now=T0)
     with pytest.raises(ValueError):
         b.write_json("../escape.json", {})
+
+
+def test_failed_directory_never_touches_the_old_file(tmp_path, monkeypatch):
+    st, _ = make(tmp_path)
+    b = st.open("br0", None, "storm", [], now=T0)
+
+    def refuse(path):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(store_mod, "_make_dirs", refuse)
+    assert not b.update(verdict={"message": "m"})
+    monkeypatch.undo()
+    assert json.load(open(os.path.join(b.path, "incident.json")))["verdict"] is None

@@ -238,23 +238,29 @@ class Capture:
                     break
                 for fd, _ev in poller.poll(min(POLL_S, left) * 1000):
                     sock, name = self._socks[fd]
-                    if not self._drain(sock, name, buf):
+                    state = self._drain(sock, name, buf)
+                    if state == "gone":
+                        poller.unregister(fd)
+                        self._forget(fd)
+                    elif state == "limit":
                         break
         finally:
             self._ended = time.monotonic()
             self._close_sockets()
 
-    def _drain(self, sock: socket.socket, port: str, buf: bytearray) -> bool:
+    def _drain(self, sock: socket.socket, port: str, buf: bytearray) -> str:
         """Write what one socket holds (64 frames at most, so one busy port
-        does not starve the others); False once a limit ends the capture."""
+        does not starve the others): "ok", "gone" (the port left: its socket
+        is dropped, and add_port() may take it again when it comes back) or
+        "limit" (a limit or a write error ended the capture)."""
         for _ in range(64):
             try:
                 n, anc, _flags, addr = sock.recvmsg_into([buf], socket.CMSG_SPACE(16), socket.MSG_TRUNC)
             except (BlockingIOError, InterruptedError):
-                return True
-            except OSError as exc:   # the port went away (ENETDOWN, ENXIO): stop reading it
+                return "ok"
+            except OSError as exc:   # ENETDOWN: the device was removed (packet_notifier())
                 self.port_errors[port] = exc.strerror or str(exc)
-                return True
+                return "gone"
             ts_ns = time.time_ns()
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
@@ -262,7 +268,7 @@ class Capture:
                     ts_ns = sec * 1_000_000_000 + nsec
             if self._writer.packets >= self.max_packets:
                 self._end("packets")
-                return False
+                return "limit"
             out = addr[2] == PACKET_OUTGOING
             comment = (f"{port} out: left {self.bridge} by {port}" if out
                        else f"{port} in: entered {self.bridge} by {port}")
@@ -272,12 +278,12 @@ class Capture:
                                     OUTBOUND if out else INBOUND)
             except _Full:
                 self._end("bytes")
-                return False
+                return "limit"
             except OSError as exc:
                 self._fail("write the capture", exc)
                 self._end(None)
-                return False
-        return True
+                return "limit"
+        return "ok"
 
     def _end(self, why: Optional[str]) -> None:
         self.truncated_by = self.truncated_by or why
@@ -295,6 +301,14 @@ class Capture:
         _packets, drops = struct.unpack("II", raw)
         with self._lock:
             self._kernel_drops += drops
+
+    def _forget(self, fd: int) -> None:
+        with self._lock:
+            sock, name = self._socks.pop(fd)
+            if name in self.ports:
+                self.ports.remove(name)
+        self._count_drops(sock)
+        sock.close()
 
     def _close_sockets(self) -> None:
         with self._lock:

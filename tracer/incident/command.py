@@ -128,6 +128,8 @@ class OnIncident:
     # -- the watcher thread -----------------------------------------------------
     def _watch(self, run: _Run) -> None:
         fd = run.proc.stdout.fileno()
+        poller = select.poll()     # not select(): the daemon may hold more than 1024 descriptors
+        poller.register(fd, select.POLLIN)
         term_at: Optional[float] = None
         killed = eof = False
         why = None
@@ -146,8 +148,7 @@ class OnIncident:
             if eof:
                 time.sleep(0.05)
                 continue
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
+            if poller.poll(100):
                 data = os.read(fd, 65536)
                 if data:
                     self._save(run, data)

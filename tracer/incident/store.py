@@ -115,8 +115,15 @@ def read_bundle(root: str, name: str) -> dict:
 
 def list_bundles(root: str) -> list:
     """Every bundle under root, oldest first (read_bundle() each). OSError
-    when root itself cannot be listed."""
-    return [read_bundle(root, name) for name in sorted(os.listdir(root)) if looks_like_bundle(root, name)]
+    when root itself cannot be listed; a bundle rotated away meanwhile is
+    left out."""
+    out = []
+    for name in sorted(os.listdir(root)):
+        try:
+            out.append(read_bundle(root, name))
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def _make_dirs(path: str) -> None:
@@ -353,7 +360,7 @@ class Bundle:
         """Replace relpath with obj as JSON, atomically (temp file, fsync,
         rename): a reader or a crash sees the old file or the new one."""
         data = (json.dumps(obj, indent=1, default=str) + "\n").encode()
-        full = tmp = os.path.join(self.path, relpath)
+        full, tmp = os.path.join(self.path, relpath), None
         try:
             full = self._file(relpath)
             tmp = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.tmp")
@@ -371,10 +378,11 @@ class Bundle:
             return True
         except OSError as exc:
             self.store.failed("write", full, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             return False
 
     def append_lines(self, relpath: str, lines) -> bool:
