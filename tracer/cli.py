@@ -10,6 +10,7 @@ import click
 
 from tracer.config import Config
 from tracer.errors import BrtraceError
+from tracer.incident.store import DEFAULT_ROOT
 from tracer.version import VERSION
 
 MAX_INTERVAL = 3600.0
@@ -59,6 +60,7 @@ def cli():
       brtrace drops --bridge br-int
       brtrace drops --bridge br0 --netns lab --duration 10 -o json
       brtrace loops --bridge br-int
+      brtrace incidents
       brtrace doctor
     """
 
@@ -248,6 +250,67 @@ def doctor(output):
     """
     from tracer.views.doctor import run_doctor  # noqa: PLC0415 - a verb imports its view only
     sys.exit(run_doctor(output))
+
+
+def incident_options(fn):
+    """Options `incidents` and `incidents show` share; given to either, they count."""
+    @click.option("--dir", "directory", metavar="DIR", default=None,
+                  help=f"Directory brtrace watch writes incident bundles to (default {DEFAULT_ROOT}).")
+    @click.option("--output", "-o", type=click.Choice(["table", "json"]), default=None,
+                  help="table for people (default), json for one object per line.")
+    @click.option("--json", "as_json", is_flag=True, default=False, help="Same as -o json.")
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        return fn(**kw)
+    return wrapper
+
+
+def _incident_args(ctx, directory, output, as_json) -> tuple:
+    """(directory, JSON?) from the command's options, else its group's."""
+    parent = ctx.parent.params if ctx.parent and ctx.parent.command.name == "incidents" else {}
+    directory = directory or parent.get("directory") or DEFAULT_ROOT
+    output = output or parent.get("output") or "table"
+    return directory, as_json or parent.get("as_json", False) or output == "json"
+
+
+@cli.group(invoke_without_command=True)
+@incident_options
+@click.pass_context
+def incidents(ctx, directory, output, as_json):
+    """Incident bundles recorded by brtrace watch: list them, or show one.
+
+    Each bundle is a directory DIR/<UTC time>-<bridge>-<type>/ holding
+    incident.json, the per-second timeline, the capture, the kernel log and
+    the snapshots. `brtrace incidents` lists them, newest last; `brtrace
+    incidents show ID` prints one (its ID or the start of it) with its
+    findings and files.
+
+    \b
+    Examples:
+      brtrace incidents
+      brtrace incidents --dir /srv/brtrace/incidents -o json
+      brtrace incidents show 20261205T234221Z-br-int-l2_loop
+    """
+    if ctx.invoked_subcommand is None:
+        from tracer.views.incidents import run_incidents  # noqa: PLC0415 - a verb imports its view only
+        sys.exit(run_incidents(*_incident_args(ctx, directory, output, as_json)))
+
+
+@incidents.command("show")
+@click.argument("incident_id", metavar="ID")
+@incident_options
+@click.pass_context
+def incidents_show(ctx, incident_id, directory, output, as_json):
+    """One incident: findings, verdict, open and close times, files.
+
+    \b
+    Examples:
+      brtrace incidents show 20261205T234221Z-br-int-l2_loop
+      brtrace incidents show 20261205T2342 --json
+    """
+    from tracer.views.incidents import run_incident_show  # noqa: PLC0415 - a verb imports its view only
+    directory, json_out = _incident_args(ctx, directory, output, as_json)
+    sys.exit(run_incident_show(directory, incident_id, json_out))
 
 
 def main(argv=None) -> None:

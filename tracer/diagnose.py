@@ -58,6 +58,15 @@ class Finding:
                 "message": self.message, "hint": self.hint, "evidence": self.evidence,
                 **({} if self.culprit_ports is None else {"culprit_ports": self.culprit_ports})}
 
+    @classmethod
+    def from_record(cls, rec: dict) -> "Finding":
+        """record() read back (an incident bundle's findings); missing fields
+        are left empty, so an older or hand-edited file still prints."""
+        return cls(type=rec.get("type", "?"), bridge=rec.get("bridge", ""), ports=list(rec.get("ports") or []),
+                   severity=rec.get("severity", "?"), message=rec.get("message", ""), hint=rec.get("hint", ""),
+                   evidence=rec.get("evidence") or {}, active=rec.get("active", True),
+                   identities=rec.get("identities") or {}, culprit_ports=rec.get("culprit_ports"))
+
 
 @dataclass
 class Inputs:

@@ -38,7 +38,7 @@ def _options(cmd: click.Command, ctx: click.Context) -> list[str]:
     out = []
     for param in cmd.get_params(ctx):
         record = param.get_help_record(ctx)
-        if record is None:  # hidden
+        if record is None or isinstance(param, click.Argument):  # hidden; arguments are in the synopsis
             continue
         opts, help_text = record
         out.append(f".TP\n.B {_esc(opts)}\n{_esc(help_text) if help_text else ''}".rstrip())
@@ -68,12 +68,21 @@ def page(group: click.Group, name: str | None, version: str, date: str) -> str:
             sc = group.get_command(root, sub)
             lines += [f".TP\n.BR brtrace\\-{sub} ({SECTION})", _esc(sc.get_short_help_str(limit=200))]
     lines += [".SH OPTIONS", *_options(cmd, ctx)]
+    if name is not None and isinstance(cmd, click.Group):   # a verb with its own verbs: incidents show
+        lines.append(".SH COMMANDS")
+        for sub in cmd.list_commands(ctx):
+            sc = cmd.get_command(ctx, sub)
+            sctx = click.Context(sc, info_name=sub, parent=ctx)
+            lines += [f".SS {_esc(sctx.command_path)} {_esc(' '.join(sc.collect_usage_pieces(sctx)))}",
+                      *_paragraphs(sc.help), *_options(sc, sctx)]
     if name is None:
         lines += [
             ".SH FILES",
             ".TP\n.I /var/cache/brtrace",
             "Kernel headers merged for bcc when the running kernel's own are not installed"
             " (BRTRACE_CACHE overrides).",
+            ".TP\n.I /var/lib/brtrace/incidents",
+            "Incident bundles recorded by brtrace watch, one directory each (brtrace\\-incidents(8)).",
             ".TP\n.I /usr/share/brtrace",
             "The program, its BPF C sources (bpf/), Prometheus alerting rules and a Grafana dashboard.",
             ".SH EXIT STATUS",

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 VERSION = from_pyproject((REPO / "pyproject.toml").read_text())
 DEPENDS = ["python3 (>= 3.9)", "python3-bpfcc", "python3-pyroute2 (>= 0.7)", "python3-click (>= 8.1)",
            "python3-prometheus-client (>= 0.16)", "python3-tabulate (>= 0.8)"]
-VERBS = ["doctor", "drops", "export", "loops", "neigh", "top", "trace", "watch"]
+VERBS = ["doctor", "drops", "export", "incidents", "loops", "neigh", "top", "trace", "watch"]
 FILES = ["./usr/bin/brtrace", "./usr/share/brtrace/tracer/cli.py", "./usr/share/brtrace/bpf/brtrace.h",
          "./usr/share/brtrace/bpf/drops.bpf.c", f"./usr/share/brtrace/brtrace-{VERSION}.dist-info/METADATA",
          "./usr/share/brtrace/prometheus/brtrace-rules.yml", "./usr/share/brtrace/grafana/brtrace-dashboard.json",
