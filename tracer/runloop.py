@@ -81,8 +81,8 @@ def run_loop(follows: list, interval: float, duration: Optional[float] = None,
     caller prints its summary first, then raises it).
 
     Each round waits at most `poll_cap` s on the ring buffers (shared out
-    between the bridges), drains them, calls on_poll(), and refreshes the
-    topology of every bridge whose links changed. Every `interval` s each
+    between the bridges), refreshes the topology of every bridge whose
+    links changed, drains the records, and calls on_poll(). Every `interval` s each
     bridge is refreshed and ticked, then on_interval() is called. `lock` (a
     context manager; export's scrape thread holds it too) is held around
     everything but the wait.
@@ -118,15 +118,18 @@ def run_loop(follows: list, interval: float, duration: Optional[float] = None,
                 time.sleep(max(0.001, wait))
             for follow in list(follows):
                 follow.run.maps.poll(max(1, int(wait * 1000 / len(follows))))
-                with lock:
-                    follow.drain()
-            if on_poll is not None and on_poll() is False:
-                return None
+            # Ports that joined are looked at before the records are decoded:
+            # a new port's first records (its FDB entries) then carry its name.
             for follow in list(follows):
                 if follow.run.topo.links_changed():
                     gone = look(follow, tick=False)
                     if gone is not None:
                         return gone
+            for follow in list(follows):
+                with lock:
+                    follow.drain()
+            if on_poll is not None and on_poll() is False:
+                return None
             now = time.monotonic()
             if now >= due:
                 due = next_tick(due, now, interval)

@@ -14,12 +14,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import Served, metric_value, wait_for
+from harness import REPO, Served, metric_value, wait_for
 from lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
 
 pytestmark = pytest.mark.integration
@@ -162,9 +163,19 @@ def test_quiet_bridge_then_a_loop_then_quiet_again(lab, tmp_path, tracer_factory
     assert all(" in: entered " in c or " out: left " in c for c in comments), comments[:3]
     assert rec["capture"]["packets"] == len(comments)
 
-    for name in ("open", "close"):
+    # `brtrace incidents` lists it with the verdict; `show` prints it as `loops` would.
+    listed = subprocess.run([sys.executable, "-m", "tracer.cli", "incidents", "--dir", str(inc), "--json"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert listed.returncode == 0, listed.stderr
+    (item,) = [json.loads(x) for x in listed.stdout.splitlines()]
+    assert item["id"] == b.name and item["state"] == "closed" and item["verdict"]["kind"] == "loop_between_ports"
+    shown = subprocess.run([sys.executable, "-m", "tracer.cli", "incidents", "show", b.name[:16], "--dir", str(inc)],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert shown.returncode == 0 and "l2_loop" in shown.stdout and "capture.pcapng" in shown.stdout, shown
+
+    for name, ports in (("open", set(links)), ("close", set(links[:1]))):   # break_loop() deleted links[1]
         snap = json.loads((b / "snapshots" / f"{name}.json").read_text())
-        assert {p["port"] for p in snap["ports"]} >= set(links) | {h1.port}
+        assert {p["port"] for p in snap["ports"]} == ports | {h1.port, h2.port}
         assert snap["fdb"], snap
 
 

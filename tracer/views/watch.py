@@ -54,6 +54,9 @@ INTERVAL = 1.0               # the timeline's resolution, and how often symptoms
 BEFORE = 600.0               # seconds of timeline kept before a trigger
 # br_fdb_update(): "br-int: received packet on t3o with own address as source address (...)"
 ECHO_LINE = re.compile(r"(\S+): received packet on (\S+) with own address as source address")
+# Of the bundle's size cap, what the capture may take; the rest is for the
+# timeline and the kernel log (appends stop at the cap, Bundle.append_lines).
+CAPTURE_SHARE = 0.75
 # Port counters of the detail tier that go into the timeline (per second).
 DETAIL_COUNTERS = ("rx_broadcast", "rx_multicast", "arp_requests", "arp_replies", "echoes",
                    "returns", "reentries", "tx_flooded", "ndp_ns", "ndp_na")
@@ -180,7 +183,7 @@ class Watched:
         self._write_kmsg(now - BEFORE)
         self.capture = Capture(bundle.open_binary("capture.pcapng"), run.bridge.name,
                                netns=run.netns.path if run.netns.name else None,
-                               max_bytes=max(0, bundle.room() - (1 << 20)),
+                               max_bytes=int(bundle.room() * CAPTURE_SHARE),
                                max_packets=shared.opts.capture_packets,
                                max_seconds=shared.opts.capture_seconds,
                                on_error=lambda what, exc: shared.store.failed(what, bundle.path, exc))
@@ -223,14 +226,14 @@ class Watched:
     def _write_second(self, now: float) -> None:
         bundle = self.bundle
         recs = self.timeline.since(self._written_t + 1e-6)
-        if recs and bundle.room() > (1 << 20):
+        if recs:
             bundle.append_lines("timeline.jsonl", [_json(r) for _t, r in recs])
         self._written_t = now
         self._write_kmsg(self.kmsg_written or now)
 
     def _write_kmsg(self, since: float) -> None:
         lines = self.shared.kmsg.since(since)
-        if lines and self.bundle is not None and self.bundle.room() > (1 << 20):
+        if lines and self.bundle is not None:
             self.bundle.append_lines("kernel.log", lines)
         self.kmsg_written = time.monotonic()
 
