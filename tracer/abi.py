@@ -177,18 +177,9 @@ STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey
            "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
            "neigh_event": NeighEvent, "neigh_drop_key": NeighDropKey}
 
-_U32, _U64 = ctypes.c_uint32, ctypes.c_uint64
-# Every map userspace reads or writes, by its name in bpf/*.bpf.c: name ->
-# (key, value) ctypes types (for per-CPU maps, the value of one CPU). The loader
-# child sends back these (tracer/loader.py); bpfmaps.Map checks the types against
-# the kernel's bpf_map_info when the map arrives (tracer/maps.py reads them).
-MAPS = {
-    "watch": (_U32, WatchEntry), "watch_gen": (_U32, _U32), "stats": (_U32, _U64),
-    "port_counters": (_U32, PortCtrs), "own_macs": (_U64, _U32), "own_mac_lo": (_U32, _U32),
-    "decisions": (_U32, _U64), "fdb_port_counters": (_U32, _U64), "drop_counts": (DropKey, _U64),
-    "arp_targets": (_U32, ArpTarget), "neigh_entries": (NeighKey, NeighStats),
-    "neigh_drops": (NeighDropKey, _U64), "fdb_moves": (FdbKey, FdbMove),
-}
+# Map key/value types of plain integers. The maps themselves are declared by
+# the hook groups that define them (tracer/hooks/).
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 # The ring buffer every record kind arrives through.
 EVENTS_MAP = "events"
 

@@ -167,21 +167,3 @@ def parse_neigh_event(raw: bytes) -> dict:
             "ip": neigh_addr(ev.family, bytes(ev.addr)), "old_state": nud_name(ev.old_state),
             "new_state": nud_name(ev.new_state), "old_lladdr": mac_str(bytes(ev.old_lladdr)),
             "new_lladdr": mac_str(bytes(ev.new_lladdr))}
-
-
-def parse_event(raw: bytes) -> dict:
-    """Any ring-buffer record, by its first byte (bpf/brtrace.h EVENT_*)."""
-    if not raw:
-        raise ValueError("empty record")
-    kind = raw[0]
-    if kind == CONST["EVENT_DROP"]:
-        rec = parse_drop_event(raw)
-        rec["kind"] = "drop"
-        return rec
-    if kind == CONST["EVENT_FDB"]:
-        return parse_fdb_event(raw)
-    if kind in (CONST["EVENT_ECHO"], CONST["EVENT_LOOP"]):
-        return parse_frame_event(raw)
-    if kind == CONST["EVENT_NEIGH"]:
-        return parse_neigh_event(raw)
-    raise ValueError(f"unknown record kind {kind}")

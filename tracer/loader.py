@@ -17,6 +17,7 @@ import sys
 
 from tracer import abi
 from tracer.errors import KernelFeatureError
+from tracer.hooks import all_maps
 from tracer.kernel.headers import bcc_kernel_source
 from tracer.kernel.tcx import DIRECTIONS
 from tracer.program import Program
@@ -65,7 +66,7 @@ class LoaderChild:
         caller goes on; build() then waits for the result."""
         try:
             self._sock.sendall(json.dumps({"sources": list(program.sources), "defines": program.defines,
-                                           "maps": list(abi.MAPS) + [abi.EVENTS_MAP],
+                                           "maps": list(all_maps()) + [abi.EVENTS_MAP],
                                            "tcx_programs": tcx_programs}).encode())
         except OSError as exc:
             self.close()

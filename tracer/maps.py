@@ -16,6 +16,7 @@ import socket
 from tracer import abi
 from tracer.decode import mac_str, neigh_addr, nud_name
 from tracer.errors import KernelFeatureError
+from tracer.hooks import all_maps
 from tracer.kernel import bpfmaps, bpfsys
 from tracer.kernel.tcx import DIRECTIONS, TcxLinks
 from tracer.loader import LoaderChild, prepare_headers, tcx_program_names
@@ -46,8 +47,9 @@ class KernelMaps:
         reply, self._fds = child.build(program, names)
         self._progs, self._raw_tp = reply.get("progs", {}), reply.get("raw_tp", {})
         try:
-            self._maps = {name: bpfmaps.Map(name, self._fds[i], *abi.MAPS[name])
-                         for name, i in reply["maps"].items() if name in abi.MAPS}
+            types = all_maps()
+            self._maps = {name: bpfmaps.Map(name, self._fds[i], *types[name])
+                         for name, i in reply["maps"].items() if name in types}
             self._events_fd = self._fds[reply["maps"][abi.EVENTS_MAP]] if abi.EVENTS_MAP in reply["maps"] else None
             if tcx is not None:
                 types, netns_path = tcx

@@ -11,7 +11,8 @@ from collections import deque
 
 from tracer import abi
 from tracer.aggregate import MAX_MACS, BridgeState, DropState
-from tracer.decode import parse_event
+from tracer.hooks import groups as hook_groups
+from tracer.hooks import parse_event
 from tracer.diagnose import Inputs, diagnose
 from tracer.kernel.features import jiffy_ns
 from tracer.report import drop_rows, sample_record
@@ -83,38 +84,19 @@ class Monitor:
 
     # -- per interval ---------------------------------------------------------
     def snapshot(self) -> dict:
-        """Read every kernel map the run has loaded, keyed by port name:
-        {"drops": {(ifindex, reason, location, ethertype): n}, "counters":
-        {port: {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
+        """Read every kernel map the run has loaded, each hook group its own
+        (tracer/hooks/<group>.py read()), keyed by port name: {"drops":
+        {(ifindex, reason, location, ethertype): n}, "counters": {port:
+        {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
         Exporters call this at scrape time; tick() folds it."""
-        maps = self.run.maps
         slots = sorted(self.run.slots.owner)
-        names = {slot: self.run.slot_name(slot) for slot in slots}
-        counters = {names[slot]: {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values)
-                                  if i in abi.PORT_COUNTER_NAMES}
-                    for slot, values in maps.port_counters(slots).items()}
-        for slot, n in maps.fdb_learned(slots).items():
-            counters.setdefault(names[slot], {})["fdb_learned"] = n
-        for slot, values in maps.decisions(slots).items():
-            counters.setdefault(names[slot], {}).update(
-                {abi.DECISION_NAMES[i]: v for i, v in enumerate(values) if i in abi.DECISION_NAMES})
-        moves = []
-        for m in maps.fdb_moves():
-            moves.append({**m, "port": names.get(m["slot"]),
-                          "prev_port": names.get(m["prev_slot"]) if m["count"] > 1 else None})
-        drops = maps.drop_counts() if maps.has_map("drop_counts") else {}
-        arp = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
-                "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
-        neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in maps.neigh_entries()]
-        # Packets the neighbour layer dropped, by device (neigh --all-netns).
-        queue_drops: dict = {}
-        for d in maps.neigh_drops():
-            dev = self.device_name(d["netns"], d["ifindex"])
-            queue_drops.setdefault(dev, {})[self.run.kernel.reasons.name(d["reason"])] = d["count"]
-        for n in neigh:
-            n["dropped"] = queue_drops.get(n["dev"], {})
-        return {"drops": drops, "counters": counters, "moves": moves,
-                "arp": arp, "neigh": neigh}
+        snap = {"slot_names": {slot: self.run.slot_name(slot) for slot in slots}, "drops": {},
+                "counters": {}, "moves": [], "arp": [], "neigh": []}
+        for group in hook_groups(self.run.groups):
+            if group.read is not None:
+                group.read(self, snap)
+        del snap["slot_names"]
+        return snap
 
     def restart_episode(self) -> None:
         """Findings count from now: a new episode (watch arms detail again)
@@ -128,7 +110,7 @@ class Monitor:
         """Fold a snapshot of every kernel map the run has loaded."""
         snap, now = self.snapshot(), time.monotonic()
         self.last_snapshot = snap
-        if self.run.maps.has_map("drop_counts"):
+        if "drops" in self.run.groups:
             self.drops.fold_counts(snap["drops"], now)
         counters = snap["counters"]
         if self.base:

@@ -1,4 +1,5 @@
-"""Declared hooks, each with an ordered list of ways to attach it.
+"""Declared hooks (by the hook groups, tracer/hooks/), each with an ordered
+list of ways to attach it.
 
 A hook says what it wants to see; its candidates say how, best first. The
 choice is made once from the probed Features and shown by `brtrace doctor`, in
@@ -9,60 +10,15 @@ hook is a warning; a missing required one is an error that says why.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from tracer.hooks import all_probes
+from tracer.hooks.base import Candidate, Choice, Hook  # noqa: F401 - re-exported: the probe vocabulary
 from tracer.kernel import switches
 from tracer.kernel.features import Features, kernel_symbol_modules
 
 
-@dataclass(frozen=True)
-class Candidate:
-    mechanism: str   # "fentry", "kprobe", "tcx", "raw_tracepoint", "reconstructed"
-    target: str      # kernel functions or tracepoints, joined by "+"
-    note: str = ""
-    implemented: bool = True
-
-
-@dataclass(frozen=True)
-class Hook:
-    name: str
-    purpose: str
-    required: bool
-    candidates: tuple
-
-
-@dataclass(frozen=True)
-class Choice:
-    hook: Hook
-    picked: Candidate | None
-    why: str          # why this candidate (or why none)
-
-
-HOOKS = (
-    Hook("drops", "frames freed on the bridge and its ports, with the kernel's reason",
-         required=True,
-         candidates=(Candidate("raw_tracepoint", "kfree_skb"),)),
-    Hook("ports", "frames entering and leaving each port: counters, own-address echoes, "
-         "flood fingerprints", required=False,
-         candidates=(Candidate("tcx", "ingress+egress",
-                               "linked to the bridge and its ports only"),
-                     Candidate("raw_tracepoint", "netif_receive_skb+net_dev_queue",
-                               "run for every device of the host, filtered in the program"))),
-    Hook("forward", "bridge forwarding decisions (ingress port, unicast/flood/local, egress)",
-         required=False,
-         candidates=(Candidate("fentry", "br_forward+br_flood+br_pass_frame_up",
-                               implemented=False),
-                     Candidate("kprobe", "br_forward+br_flood+br_pass_frame_up"),
-                     Candidate("reconstructed", "ports+kfree_skb",
-                               "from the frames entering and leaving each port, and the frees"))),
-    Hook("fdb", "FDB entries created or moved between ports (MAC flapping)",
-         required=False,
-         candidates=(Candidate("raw_tracepoint", "br_fdb_update"),)),
-    Hook("neigh", "neighbour (ARP/NDP) state changes",
-         required=False,
-         candidates=(Candidate("raw_tracepoint", "neigh_update_done+neigh_timer_handler"
-                                         "+neigh_event_send_done+neigh_event_send_dead"),)),
-)
+# Every hook any group declares (tracer/hooks/), in the registry's order.
+HOOKS = all_probes()
 
 
 def usable(c: Candidate, f: Features, has_tracepoint) -> tuple[bool, str]:

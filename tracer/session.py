@@ -17,6 +17,8 @@ from dataclasses import replace
 from tracer import abi
 from tracer.config import Config
 from tracer.errors import BridgeGone, KernelFeatureError, UsageError
+from tracer.hooks import REGISTRY, btf_needs, sources
+from tracer.hooks import groups as hook_groups
 from tracer.identity import NO_READER, identify
 from tracer.kernel.defines import kernel_defines
 from tracer.kernel.features import jiffy_ns
@@ -29,13 +31,7 @@ from tracer.slots import SlotTable
 from tracer.topology import Topology, port_changes, resolve_netns
 
 
-HOOK_OF_SOURCE = {"drops.bpf.c": "drops", "forward.bpf.c": "ports", "decide.bpf.c": "forward",
-                  "fdb.bpf.c": "fdb", "neigh.bpf.c": "neigh", "trace.bpf.c": "drops"}
 
-
-# The tracepoints of forward.bpf.c's port programs when they are not tcx
-# programs: what BridgeRun.set_detail() detaches and attaches again.
-PORT_TRACEPOINTS = ("netif_receive_skb", "net_dev_queue")
 
 FDB_DUMP_EVERY = 2.0     # seconds between FDB dumps
 FDB_DUMP_MAX = 4096      # entries beyond which the FDB is no longer dumped
@@ -96,18 +92,18 @@ def write_ready_file(path: str) -> None:
 class BridgeRun:
     """The kernel side of a view: open() attaches, close() detaches."""
 
-    def __init__(self, cfg: Config, sources: tuple, defines: dict | None = None,
+    def __init__(self, cfg: Config, groups: tuple, defines: dict | None = None,
                  detail_on_demand: bool = False):
         self.cfg = cfg
-        self.sources = sources
+        self.groups = tuple(groups)     # hook group names (tracer/hooks/)
         # watch: the port programs start detached (set_detail() arms them),
         # and the kprobes of exact decisions are not loaded at all (a kprobe
         # costs every frame however early it returns; the port programs
         # reconstruct the decisions while armed).
         self.detail_on_demand = detail_on_demand
-        # hook names (tracer/probes.py) these sources implement, for headers
-        self.hooks = {HOOK_OF_SOURCE[s] for s in sources}
-        if "forward.bpf.c" in sources:
+        # hook names (tracer/probes.py) these groups implement, for headers
+        self.hooks = {g.hook for g in hook_groups(self.groups)}
+        if "ports" in self.groups:
             self.hooks.add("forward")      # decisions reconstructed from the port hooks, or kprobes
         self.mode = None               # forward hook's mechanism, once open
         self.port_hooks = None         # ports hook's mechanism (tcx, raw_tracepoint), once open
@@ -134,21 +130,22 @@ class BridgeRun:
         self._loader = LoaderChild()
         self.kernel = Kernel.open()
         forward = self.kernel.choice("forward").picked
-        if ("forward.bpf.c" in self.sources and forward and forward.mechanism == "kprobe"
+        if ("ports" in self.groups and forward and forward.mechanism == "kprobe"
                 and not self.detail_on_demand):
             # The bridge's own functions are hookable: add exact decisions.
-            self.sources = self.sources + ("decide.bpf.c",)
-        self.mode = forward.mechanism if forward and "forward.bpf.c" in self.sources else None
+            self.groups = self.groups + ("forward",)
+        self.mode = forward.mechanism if forward and "ports" in self.groups else None
         if self.mode == "kprobe" and self.detail_on_demand:
             self.mode = "reconstructed"
         ports = self.kernel.choice("ports").picked
-        if "forward.bpf.c" in self.sources:
+        if "ports" in self.groups:
             if ports is None:
                 raise KernelFeatureError("no way to hook the bridge's ports on this kernel",
                                          "run `brtrace doctor`")
             self.port_hooks = ports.mechanism
         tcx = self.port_hooks == "tcx"
-        defines = kernel_defines(self.kernel.btf, self.sources, self.kernel.features.direct_reads)
+        defines = kernel_defines(self.kernel.btf, *btf_needs(self.groups),
+                                 direct_reads=self.kernel.features.direct_reads)
         defines.update(NETNS_INUM=self.netns.inode, EVENTS_PER_SEC=self.cfg.events_per_sec,
                        JIFFY_NS=jiffy_ns(),
                        RINGBUF_PAGES=64)
@@ -156,7 +153,7 @@ class BridgeRun:
         for name in ("NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"):
             value = self.kernel.reasons.value(name)
             defines[f"REASON_{name}"] = -1 if value is None else value
-        program = Program(self.sources, defines)
+        program = Program(sources(self.groups), defines)
         self._loader.submit(program, tcx_program_names(tcx))
         with signals_deferred():
             self.topo = Topology(self.netns)
@@ -178,7 +175,7 @@ class BridgeRun:
                 f"direct kernel reads refused ({exc.message}); reading through "
                 "bpf_probe_read_kernel instead (BRTRACE_AVOID=kfunc skips the attempt)")
             defines["KERNEL_READS_DIRECT"] = 0
-            self.maps = KernelMaps(Program(self.sources, defines), tcx=tcx_spec)
+            self.maps = KernelMaps(Program(sources(self.groups), defines), tcx=tcx_spec)
         with signals_deferred():
             self._apply_watch()
             if self.detail_on_demand:
@@ -222,12 +219,12 @@ class BridgeRun:
 
     def set_detail(self, on: bool) -> None:
         """Attach (on) or detach the port programs; the other hooks stay."""
-        if "forward.bpf.c" in self.sources and self.maps is not None:
-            self.maps.set_detail(on, () if self.port_hooks == "tcx" else PORT_TRACEPOINTS)
+        if "ports" in self.groups and self.maps is not None:
+            self.maps.set_detail(on, () if self.port_hooks == "tcx" else REGISTRY["ports"].tracepoints)
 
     @property
     def detail(self) -> bool:
-        return self.maps is not None and self.maps.detail and "forward.bpf.c" in self.sources
+        return self.maps is not None and self.maps.detail and "ports" in self.groups
 
     def iface_drops(self) -> dict:
         """port name -> (rx_dropped, tx_dropped) the interface itself counted

@@ -10,7 +10,12 @@ import pytest
 
 from tracer.errors import KernelFeatureError
 from tracer.kernel.btf import VMLINUX_BTF, Btf
-from tracer.kernel.defines import ARG_DEFINES, FIELD_DEFINES, kernel_defines
+from tracer.hooks import REGISTRY, btf_needs
+from tracer.hooks.drops import ARGS as ARG_DEFINES
+from tracer.kernel.defines import COMMON_FIELDS, kernel_defines
+
+# Every field any hook group reads, and common.bpf.h's.
+FIELD_DEFINES = tuple(dict.fromkeys(COMMON_FIELDS + btf_needs(REGISTRY)[0]))
 
 pytestmark = pytest.mark.skipif(not shutil.which("bpftool"), reason="bpftool missing (scripts/setup installs it)")
 
@@ -79,7 +84,7 @@ def test_kfree_skb_argument_positions_agree_with_bpftool(btf):
     params = [tid for _n, tid, _b in types[proto][3]][1:]   # drop `void *__data`
     kinds = [types[t][0] + ":" + (types[types_id_of(types, t)][1] if types[t][0] == "PTR" else types[t][1])
              for t in params]
-    defines = kernel_defines(btf)
+    defines = kernel_defines(btf, args=ARG_DEFINES)
     assert kinds[defines["ARG_SKB"]] == "PTR:sk_buff"
     assert kinds[defines["ARG_REASON"]] in ("ENUM:skb_drop_reason", "ENUM64:skb_drop_reason")
     assert types[params[defines["ARG_LOCATION"]]][0] == "PTR"

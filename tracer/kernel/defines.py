@@ -26,59 +26,6 @@ COMMON_FIELDS = (
     ("NET_NS_INUM_OFF", "net", "ns.inum"),
 )
 
-# Per hook group (bpf/<file>): extra fields, and (define, raw tracepoint,
-# argument type or spellings) for positions in ctx->args[].
-GROUPS = {
-    "drops.bpf.c": ((), (
-        ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
-        ("ARG_LOCATION", "kfree_skb", "void *"),
-        ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
-    )),
-    "forward.bpf.c": ((), (
-        ("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
-        ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *"),
-    )),
-    "decide.bpf.c": ((
-        ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
-        ("BRPORT_STATE_OFF", "net_bridge_port", "state"),
-    ), ()),
-    "neigh.bpf.c": ((
-        ("NEIGH_DEV_OFF", "neighbour", "dev"),
-        ("NEIGH_TBL_OFF", "neighbour", "tbl"),
-        ("NEIGH_STATE_OFF", "neighbour", "nud_state"),
-        ("NEIGH_HA_OFF", "neighbour", "ha"),
-        ("NEIGH_KEY_OFF", "neighbour", "primary_key"),
-        ("TBL_FAMILY_OFF", "neigh_table", "family"),
-    ), (
-        ("ARG_NEIGH_UPDATE_DONE", "neigh_update_done", "struct neighbour *"),
-        ("ARG_NEIGH_TIMER", "neigh_timer_handler", "struct neighbour *"),
-        ("ARG_NEIGH_SEND_DONE", "neigh_event_send_done", "struct neighbour *"),
-        ("ARG_NEIGH_SEND_DEAD", "neigh_event_send_dead", "struct neighbour *"),
-    )),
-    "trace.bpf.c": ((
-        ("SKB_VLAN_PROTO_OFF", "sk_buff", "vlan_proto"),
-    ), (
-        ("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
-        ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *"),
-        ("ARG_SKB", "kfree_skb", "struct sk_buff *"),
-        ("ARG_LOCATION", "kfree_skb", "void *"),
-        ("ARG_REASON", "kfree_skb", "enum skb_drop_reason"),
-    )),
-    "fdb.bpf.c": ((
-        ("BR_DEV_OFF", "net_bridge", "dev"),
-        ("BRPORT_DEV_OFF", "net_bridge_port", "dev"),
-    ), (
-        ("ARG_FDB_BR", "br_fdb_update", "struct net_bridge *"),
-        ("ARG_FDB_PORT", "br_fdb_update", "struct net_bridge_port *"),
-        ("ARG_FDB_ADDR", "br_fdb_update", ("unsigned char *", "const unsigned char *")),
-        ("ARG_FDB_VID", "br_fdb_update", ("u16", "__u16")),
-    )),
-}
-
-# Kept for tests and doctor: everything the drops view reads.
-FIELD_DEFINES = COMMON_FIELDS
-ARG_DEFINES = GROUPS["drops.bpf.c"][1]
-
 # Direct kernel reads (tracer/kernel/kfunc.py): the kfunc, and the structs the
 # C code reads through casts (common.bpf.h: KREAD()).
 KFUNC = "bpf_rdonly_cast"
@@ -96,15 +43,14 @@ def cast_ids(btf: Btf) -> dict | None:
     return out
 
 
-def kernel_defines(btf: Btf, sources=("drops.bpf.c",), direct_reads: bool = False) -> dict[str, int]:
-    """Offsets and argument positions for this kernel, from its BTF; with
-    direct_reads (Features.direct_reads), the BTF ids KREAD() casts to."""
-    fields = list(COMMON_FIELDS)
-    args = []
-    for src in sources:
-        extra_fields, extra_args = GROUPS[src]
-        fields += extra_fields
-        args += extra_args
+def kernel_defines(btf: Btf, fields=(), args=(), direct_reads: bool = False) -> dict[str, int]:
+    """Offsets and argument positions for this kernel, from its BTF: common.bpf.h's
+    fields and those the hook groups declare (tracer/hooks: `fields` as
+    (define, struct, member path), `args` as (define, raw tracepoint, argument
+    type or its spellings) for positions in ctx->args[]); with direct_reads
+    (Features.direct_reads), the BTF ids KREAD() casts to."""
+    fields = list(COMMON_FIELDS) + list(fields)
+    args = list(args)
     found = {name: btf.field(struct, path) for name, struct, path in dict.fromkeys(fields)}
     out = {name: f.offset for name, f in found.items()}
     # frame_start() (common.bpf.h) reads these four sk_buff fields with one

@@ -19,7 +19,7 @@ from tracer.session import BridgeRun
 @dataclass(frozen=True)
 class View:
     name: str
-    sources: tuple
+    groups: tuple                                   # hook groups (tracer/hooks/)
     # Called every interval in table mode (live output).
     on_interval: Optional[Callable] = None          # (cfg, run, monitor, out)
     # Called every interval in JSON mode (records while running).
@@ -69,7 +69,7 @@ def port_event_line(ev: dict) -> str:
 
 def run_view(view: View, cfg: Config, out=None, defines=None) -> int:
     out = out or sys.stdout
-    run = BridgeRun(cfg, view.sources, defines)
+    run = BridgeRun(cfg, view.groups, defines)
     with attached([run]) as life:
         monitor = Monitor(run)
         if not cfg.json:

@@ -58,7 +58,7 @@ def _final_records(run, monitor, rows):
     return [r.record() for r in rows] + reconcile(run, rows)
 
 
-DROPS = View(name="drops", sources=("drops.bpf.c", "fdb.bpf.c"), on_interval=_interval,
+DROPS = View(name="drops", groups=("drops", "fdb"), on_interval=_interval,
              final_records=_final_records, final_table=_table, stream_samples=True)
 
 

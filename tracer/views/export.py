@@ -24,7 +24,7 @@ from tracer.runloop import Follow
 from tracer.session import BridgeRun, write_ready_file
 from tracer.views.base import port_event_line
 
-SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c", "neigh.bpf.c")
+GROUPS = ("drops", "ports", "fdb", "neigh")
 
 
 def parse_listen(listen: str) -> tuple:
@@ -70,7 +70,7 @@ def run_export(cfg: Config, bridges: list, listen: str, out=None) -> int:
     out = out or sys.stderr
     host, port = parse_listen(listen)
     lock = threading.Lock()
-    fleet = Fleet(cfg, bridges, lambda c: BridgeRun(c, SOURCES), on_up=lambda m: _follow(m.monitor, out),
+    fleet = Fleet(cfg, bridges, lambda c: BridgeRun(c, GROUPS), on_up=lambda m: _follow(m.monitor, out),
                   log=lambda line: print(line, file=out, flush=True))
     with serving(fleet):
         def source():

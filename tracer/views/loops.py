@@ -1,7 +1,7 @@
 """`brtrace loops`: own-address echoes, MAC flapping, L2 loops and reflecting
 ports, broadcast/ARP storms, frames not forwarded, on one bridge.
 
-Needs the per-packet hooks (forward.bpf.c) besides kfree_skb and the FDB hook.
+Needs the port hooks (group `ports`) besides kfree_skb and the FDB hook.
 Findings print as soon as they are first seen; the summary lists them all
 with per-port counters.
 """
@@ -72,7 +72,7 @@ def _table(cfg, run, monitor, rows, findings, out):
 
 
 def run_loops(cfg: Config, out=None) -> int:
-    view = View(name="loops", sources=("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c"),
+    view = View(name="loops", groups=("drops", "ports", "fdb"),
                 on_interval=_NewFindings(), on_interval_json=findings_now,
                 final_records=port_records, final_table=_table)
     return run_view(view, cfg, out)

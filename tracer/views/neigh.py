@@ -13,7 +13,7 @@ from tracer.output.table import findings_lines
 from tracer.views.base import View, run_view
 from tracer.views.loops import _NewFindings
 
-SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c", "neigh.bpf.c")
+GROUPS = ("drops", "ports", "fdb", "neigh")
 TOP_TARGETS = 5
 
 
@@ -56,7 +56,7 @@ def _table(cfg, run, monitor, rows, findings, out):
 
 
 def run_neigh(cfg: Config, all_netns: bool = False, out=None) -> int:
-    view = View(name="neigh", sources=SOURCES, on_interval=_NewFindings(),
+    view = View(name="neigh", groups=GROUPS, on_interval=_NewFindings(),
                 final_records=arp_records, final_table=_table)
     flag = 1 if all_netns else 0
     return run_view(view, replace(cfg), out, defines={"ALL_NETNS": flag, "NEIGH_DROPS": flag})

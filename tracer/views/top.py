@@ -26,7 +26,7 @@ from tracer.session import BridgeRun, Stopped
 from tracer.views.base import View, run_view
 from tracer.views.loops import port_records
 
-SOURCES = ("drops.bpf.c", "forward.bpf.c", "fdb.bpf.c")
+GROUPS = ("drops", "ports", "fdb")
 MODES = {"kprobe": "kprobe", "reconstructed": "reconstructed"}
 KEY_POLL_MS = 100          # longest wait for the kernel before looking at the keyboard
 
@@ -69,7 +69,7 @@ def _plain_summary(cfg, run, monitor, rows, findings, out):
     print("\n".join(plain(top_state(monitor, rows=rows, findings=findings), cfg.width)[1:]), file=out)
 
 
-TOP = View(name="top", sources=SOURCES, on_interval=_plain_interval,
+TOP = View(name="top", groups=GROUPS, on_interval=_plain_interval,
            final_records=port_records, final_table=_plain_summary)
 
 
@@ -169,7 +169,7 @@ def _run_curses(cfg: Config, out) -> int:
     # fixing the screen at a wrong size.
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
-    run = BridgeRun(cfg, SOURCES)
+    run = BridgeRun(cfg, GROUPS)
     with attached([run]) as life:
         monitor = Monitor(run)
         follow = monitor.follow()        # port events: the screen shows the ports as they are

@@ -29,7 +29,6 @@ from tracer.topology import Topology, resolve_netns
 from tracer.trace_abi import SNAP_MAX, ip6_filter, ip_filter, mac_filter, parse_trace_event
 from tracer.views.base import port_event_printer
 
-SOURCE = "trace.bpf.c"
 
 DEFAULT_SNAPLEN = 96
 DEFAULT_RATE = 1000          # recorded steps per second and CPU
@@ -284,7 +283,7 @@ def run_trace(cfg: Config, filters: Filters, count: Optional[int] = None, snaple
     require_root()
     defines = {**filters.defines(_port_ifindex(cfg, filters.port)), "SNAPLEN": snaplen,
                "EVENTS_PER_SEC": rate}
-    run = BridgeRun(cfg, (SOURCE,), defines)
+    run = BridgeRun(cfg, ("trace",), defines)
     pcap_file = None
     try:
         with attached([run]) as life:

@@ -48,7 +48,7 @@ from tracer.runloop import Follow
 from tracer.session import BridgeRun, write_ready_file
 from tracer.topology import IFACE_COUNTERS
 from tracer.views.base import port_event_line
-from tracer.views.export import SOURCES, member_snapshot, parse_listen, serve_metrics
+from tracer.views.export import GROUPS, member_snapshot, parse_listen, serve_metrics
 
 INTERVAL = 1.0               # the timeline's resolution, and how often symptoms are looked at
 BEFORE = 600.0               # seconds of timeline kept before a trigger
@@ -363,7 +363,7 @@ def run_watch(cfg: Config, bridges: list, listen: str, opts: WatchOptions, out=N
         if w is not None:
             w.stop("the bridge vanished" if reason != "stopped" else "watch stopped")
 
-    fleet = Fleet(cfg, bridges, lambda c: BridgeRun(c, SOURCES, detail_on_demand=True),
+    fleet = Fleet(cfg, bridges, lambda c: BridgeRun(c, GROUPS, detail_on_demand=True),
                   on_up=on_up, on_down=on_down, log=log)
     try:
         with serving(fleet):

@@ -1,0 +1,38 @@
+"""Hook group `ports` (bpf/forward.bpf.c): frames entering and leaving each
+port (tcx programs linked to the bridge and its ports, or the
+netif_receive_skb/net_dev_queue tracepoints): per-port counters, own-address
+echoes, the ARP table, flood fingerprints and the copies that come back. It
+also reconstructs the forwarding decisions where kprobes are missing."""
+
+from tracer import abi
+from tracer.decode import parse_frame_event
+from tracer.hooks.base import Candidate, Hook, HookGroup
+
+# Attached and detached again by BridgeRun.set_detail() when not on tcx.
+TRACEPOINTS = ("netif_receive_skb", "net_dev_queue")
+
+
+def read(mon, snap: dict) -> None:
+    maps, names = mon.run.maps, snap["slot_names"]
+    for slot, values in maps.port_counters(sorted(names)).items():
+        snap["counters"].setdefault(names[slot], {}).update(
+            {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values) if i in abi.PORT_COUNTER_NAMES})
+    snap["arp"] = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
+                    "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
+
+
+GROUP = HookGroup(
+    name="ports", source="forward.bpf.c", hook="ports",
+    probes=(Hook("ports", "frames entering and leaving each port: counters, own-address echoes, "
+                 "flood fingerprints", required=False,
+                 candidates=(Candidate("tcx", "ingress+egress", "linked to the bridge and its ports only"),
+                             Candidate("raw_tracepoint", "netif_receive_skb+net_dev_queue",
+                                       "run for every device of the host, filtered in the program"))),),
+    args=(("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
+          ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *")),
+    maps={"port_counters": (abi.U32, abi.PortCtrs), "own_macs": (abi.U64, abi.U32),
+          "own_mac_lo": (abi.U32, abi.U32), "arp_targets": (abi.U32, abi.ArpTarget)},
+    events={abi.CONST["EVENT_ECHO"]: parse_frame_event, abi.CONST["EVENT_LOOP"]: parse_frame_event},
+    tracepoints=TRACEPOINTS,
+    read=read,
+)
