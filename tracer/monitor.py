@@ -80,7 +80,7 @@ class Monitor:
     def snapshot(self) -> dict:
         """Read every kernel map the run has loaded, keyed by port name:
         {"drops": {(ifindex, reason, location, ethertype): n}, "counters":
-        {port: {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
+        {port: {counter: n}}, "moves": [...], "arp": [...], "ndp": [...], "neigh": [...]}.
         Exporters call this at scrape time; tick() folds it."""
         maps = self.run.maps
         slots = sorted(self.run.slots.owner)
@@ -100,6 +100,7 @@ class Monitor:
         drops = maps.drop_counts() if maps.has_map("drop_counts") else {}
         arp = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
                 "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
+        ndp = [ndp_named(t, names) for t in maps.ndp_targets()]
         neigh = [{**n, "dev": self.device_name(n["netns"], n["ifindex"])} for n in maps.neigh_entries()]
         # Packets the neighbour layer dropped, by device (neigh --all-netns).
         queue_drops: dict = {}
@@ -109,14 +110,14 @@ class Monitor:
         for n in neigh:
             n["dropped"] = queue_drops.get(n["dev"], {})
         return {"drops": drops, "counters": counters, "moves": moves,
-                "arp": arp, "neigh": neigh}
+                "arp": arp, "ndp": ndp, "neigh": neigh}
 
     def tick(self) -> None:
         """Fold a snapshot of every kernel map the run has loaded."""
         snap, now = self.snapshot(), time.monotonic()
         if self.run.maps.has_map("drop_counts"):
             self.drops.fold_counts(snap["drops"], now)
-        self.bridge_state.fold(snap["counters"], snap["moves"], now)
+        self.bridge_state.fold(snap["counters"], snap["moves"], now, ndp=snap["ndp"])
         self.bridge_state.arp = snap["arp"]
         self.bridge_state.neigh = snap["neigh"]
 
@@ -166,13 +167,31 @@ class Monitor:
             # a set-associative table displaces entries before it is full
             "arp_targets": near(len(st.arp), abi.CONST["ARP_TARGETS_MAX"])
                            or out.get("arp_evicted", 0) > 0,
+            "ndp_targets": near(len(st.ndp), abi.CONST["NDP_TARGETS_MAX"])
+                           or out.get("ndp_evicted", 0) > 0,
             "neigh_entries": near(len(st.neigh), abi.CONST["NEIGH_KEYS_MAX"]),
             "drop_keys": out.get("drop_keys_full", 0) > 0,
         }
         out["capped"] = sorted(k for k, v in capped.items() if v)
         out["tracked"] = {"fdb_macs": len(st.macs), "arp_targets": len(st.arp),
-                          "neigh_entries": len(st.neigh)}
+                          "ndp_targets": len(st.ndp), "neigh_entries": len(st.neigh)}
         return out
+
+
+# ndp_target's ports, each named only when the count it belongs to is not
+# zero (slot 0 is the bridge itself, a port in its own right).
+_NDP_SLOTS = {"asker_slot": ("asker", ("solicits",)), "claimer_slot": ("claimer", ("adverts", "routers")),
+              "other_slot": ("other", ("conflicts",)), "echo_slot": ("echo", ("copies", "elsewhere")),
+              "prober_slot": ("prober", ("dad_probes",)), "answer_slot": ("answerer", ("dad_answered",))}
+
+
+def ndp_named(t: dict, names: dict) -> dict:
+    """An ndp_targets row with its slots turned into port names (None
+    where nothing of that kind was seen)."""
+    out = {k: v for k, v in t.items() if k not in _NDP_SLOTS}
+    for slot_key, (name, counts) in _NDP_SLOTS.items():
+        out[name] = names.get(t[slot_key]) if any(t[c] for c in counts) else None
+    return out
 
 
 def netns_name(inode: int) -> str:
