@@ -101,6 +101,28 @@ def test_ipv6_gateway_that_never_answers(tracer_factory):
     assert not t.findings("ip_conflict") and not t.findings("rogue_ra")
 
 
+@pytest.mark.parametrize("hooks", sorted(PORT_HOOKS))
+def test_gateway_on_the_bridge_answers(tracer_factory, hooks):
+    """The common KVM host: the gateway address is the bridge's own. Its
+    advertisements leave through the bridge device (br_dev_xmit()), not a
+    port, and still answer: three resolutions (the guest's entry flushed
+    between them) are three solicitations answered, nothing unanswered."""
+    with v6lab() as lab:
+        h1 = lab.host(1)
+        lab.ip(lab.bridge_ns, "-6", "addr", "add", "2001:db8::fe/64", "dev", lab.bridge, "nodad")
+        add_addr(lab, h1, "2001:db8::1", dad=False)
+        settle(lab)
+        t = tracer_factory(*neigh_cmd(lab), env=PORT_HOOKS[hooks])
+        for _ in range(3):
+            run(ns_argv(h1.netns, [CHILD_PYTHON, "-c", _SEND_UDP6, "2001:db8::fe", "1"]), timeout=30)
+            time.sleep(0.3)
+            lab.ip(h1.netns, "-6", "neigh", "flush", "dev", h1.ifname)
+        t.stop()
+    ndp = {r["port"]: r for r in t.kind("ndp")}
+    assert ndp[h1.port]["solicitations"] == 3 and ndp[h1.port]["unanswered"] == []
+    assert not t.findings("ndp_unanswered") and not t.findings("ip_conflict")
+
+
 def test_ipv6_address_held_by_two_guests(tracer_factory):
     """h1 holds 2001:db8::50 (its DAD passed); h2 is given it too with DAD
     off, so both keep it. h3's one datagram to it solicits it once: both
