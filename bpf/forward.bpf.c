@@ -703,7 +703,8 @@ static __always_inline struct ndp_target *ndp_entry(const __u64 *a)
 }
 
 /* What a solicitation or advertisement carries past the first ND_FRAME_LEN
- * bytes, read only for those (nd_body() of each attach mode). */
+ * bytes, read only for those (tcx: nd_body(), in place; tracepoints:
+ * tp_ndp(), one more kernel read). */
 struct nd_body {
 	__u64 target[2];  /* bytes 62..77: the target address */
 	__u8 flags;       /* byte 58: an advertisement's R (0x80), S (0x40), O (0x20) */
