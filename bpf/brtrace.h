@@ -29,10 +29,12 @@
 #define STAT_FDB_KEYS_FULL 5      /* fdb_moves LRU evicted or refused an entry */
 #define STAT_DEV_VERIFIED 6       /* watched() read a device's ifindex/namespace (verdict cache miss; helper reads only) */
 #define STAT_ARP_EVICTED 7        /* an ARP address displaced another from arp_targets */
+#define STAT_NDP_EVICTED 8        /* an IPv6 address displaced another from ndp_targets */
 /* The three event counters again, per record kind: slot
- * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. */
-#define STAT_KIND_BASE 8
-#define STAT_SLOTS 32
+ * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. Slots
+ * 9..15 are free for more of the above. */
+#define STAT_KIND_BASE 16
+#define STAT_SLOTS 40
 
 /* Bytes of the frame copied into a sampled record, from the MAC header on:
  * enough for Ethernet + two VLAN tags + ARP or an IPv6 header + ports. */
@@ -129,6 +131,8 @@
 #define FLOOD_SOURCES 1024
 #define ARP_TARGETS_MAX 4096
 #define ARP_WAYS 4
+#define NDP_TARGETS_MAX 2048
+#define NDP_WAYS 4
 
 /* Neighbour entries tracked (neigh.bpf.c), bounded LRU. */
 #define NEIGH_KEYS_MAX 4096
@@ -228,6 +232,47 @@ struct arp_target {
 	__u32 asker_slot;    /* port of the latest request */
 	__u32 claimer_slot;  /* port of the first claim */
 	__u32 other_slot;    /* port of the latest conflicting claim */
+};
+
+/* What the wire says about one IPv6 address (neighbour discovery seen on the
+ * bridge's ports, RFC 4861), in `ndp_targets`: set-associative like
+ * arp_targets (NDP_WAYS ways, the set from a hash of the address), a new
+ * address displacing the least used way (STAT_NDP_EVICTED). The address is
+ * the target of a solicitation or advertisement, or the source of a router
+ * advertisement (a router's link-local address). "Who" is the frame's
+ * Ethernet source: the MAC the bridge learns, so the port it names is the
+ * sender's (a target link-layer option may name another, as proxies do).
+ * Loop copies (forward.bpf.c flood_ingress()) count in `copies` only, so the
+ * other counts are what the hosts sent.
+ *
+ * A table of its own, not one keyed by 128-bit addresses with IPv4 mapped
+ * in: every ARP frame would then hash and compare 16 bytes instead of 4, and
+ * ARP entries would carry NDP's fields (DAD, flags, routers) in twice the
+ * cache lines, for nothing the findings gain from seeing both in one place. */
+struct ndp_target {
+	__u8 addr[16];       /* network byte order; all zero: empty (:: is no target, no router) */
+	__u64 solicits;      /* Neighbor Solicitations for it from an address */
+	__u64 dad_probes;    /* solicitations for it from :: (Duplicate Address Detection) */
+	__u64 adverts;       /* Neighbor Advertisements for it */
+	__u64 solicited;     /* of those, with the Solicited flag (answers to a solicitation) */
+	__u64 overrides;     /* of those, with the Override flag */
+	__u64 routers;       /* Router Advertisements from it */
+	__u64 conflicts;     /* advertisements (NA or RA) by a MAC other than the first one */
+	__u64 elsewhere;     /* advertisements by the first MAC through another port than its first */
+	__u64 dad_answered;  /* NAs by another MAC within DAD's wait after a probe: the address is taken */
+	__u64 copies;        /* its NDP frames among the loop copies coming back */
+	__u8 mac[6];         /* first MAC that advertised it */
+	__u8 other_mac[6];   /* the latest different MAC that advertised it */
+	__u8 prober_mac[6];  /* the latest DAD probe's */
+	__u8 answer_mac[6];  /* the latest NA's that answered a DAD probe */
+	__u32 asker_slot;    /* port of the latest solicitation */
+	__u32 claimer_slot;  /* port of the first advertisement */
+	__u32 other_slot;    /* port of the latest conflicting advertisement */
+	__u32 echo_slot;     /* port of the latest copy, or of the first MAC advertising elsewhere */
+	__u32 prober_slot;   /* port of the latest DAD probe */
+	__u32 answer_slot;   /* port of the latest NA that answered a DAD probe */
+	__u32 dad_tick;      /* jiffies (low 32 bits) of the latest DAD probe */
+	__u32 pad;
 };
 
 /* A neighbour entry, keyed by namespace, device and address. */

@@ -28,6 +28,10 @@
  * check behind a 256-entry prefilter; and, for flooded frames only
  * (broadcast/multicast destination), a fingerprint in a direct-mapped array
  * that tells a frame coming back (loop or reflecting port) from a new one.
+ * ARP and IPv6 neighbour discovery frames also go into per-address tables
+ * (arp_targets, ndp_targets): who asked, who answered, from which port; an
+ * NDP target lies past the bytes every frame is read for, so it is read for
+ * solicitations and advertisements only.
  *
  * Which frame went where is `brtrace trace`'s job (trace.bpf.c, filtered
  * in the kernel): these hooks run for every frame, so they keep only what
@@ -39,6 +43,7 @@
 #define ETH_HLEN_ 14
 #define ARP_FRAME_LEN 42   /* Ethernet + ARP for IPv4, unpadded (what Linux sends) */
 #define ND_FRAME_LEN 55    /* Ethernet + IPv6 header + the ICMPv6 type byte */
+#define ND_TARGET_END 78   /* ... + code, checksum, flags/reserved (58..61), target (62..77) */
 #define TCX_NEXT_ (-1)     /* enum tcx_action_base (6.6 uapi): run the next program */
 
 BPF_PERCPU_ARRAY(port_counters, struct port_ctrs, MAX_PORTS);
@@ -143,6 +148,9 @@ static __always_inline __u32 flood_tick(void)
 
 /* ARP on the wire, per IPv4 address asked for or claimed (brtrace.h). */
 BPF_ARRAY(arp_targets, struct arp_target, ARP_TARGETS_MAX);
+/* IPv6 neighbour discovery on the wire, per address (brtrace.h says why a
+ * second table). */
+BPF_ARRAY(ndp_targets, struct ndp_target, NDP_TARGETS_MAX);
 
 /* A frame on a watched device, in one direction. */
 struct hit {
@@ -655,8 +663,136 @@ static __always_inline int nd_seen(struct hit *h, const __u8 *buf, __u8 type)
 	return PC_NDP_DUPLICATES;
 }
 
+/* The entry of IPv6 address `a` (two words, network order; never ::), made
+ * if missing, as arp_entry() does for IPv4. The set comes from the address's
+ * words folded together: the low 24 bits (what solicited-node groups and
+ * interface identifiers vary in) reach the hash whatever the prefix. */
+static __always_inline struct ndp_target *ndp_entry(const __u64 *a)
+{
+	if (!(a[0] | a[1]))
+		return NULL;  /* :: marks an empty way */
+	__u64 x = a[0] ^ a[1];
+	__u32 fold = (__u32)x ^ (__u32)(x >> 32);
+	__u32 base = ((fold * 2654435761U) >> 16) % (NDP_TARGETS_MAX / NDP_WAYS) * NDP_WAYS;
+	struct ndp_target *victim = NULL;
+	__u64 least = ~0ULL;
+#pragma unroll
+	for (int w = 0; w < NDP_WAYS; w++) {
+		__u32 idx = base + w;
+		struct ndp_target *e = ndp_targets.lookup(&idx);
+		if (!e)
+			continue;
+		__u64 e0, e1;
+		__builtin_memcpy(&e0, e->addr, 8);
+		__builtin_memcpy(&e1, e->addr + 8, 8);
+		if (e0 == a[0] && e1 == a[1])
+			return e;
+		__u64 used = (e0 | e1) ? e->solicits + e->dad_probes + e->adverts + e->routers + 1 : 0;
+		if (used < least) {
+			least = used;
+			victim = e;
+		}
+	}
+	if (!victim)
+		return NULL;
+	if (least)
+		stat_inc(STAT_NDP_EVICTED);
+	__builtin_memset(victim, 0, sizeof(*victim));
+	__builtin_memcpy(victim->addr, a, 16);
+	return victim;
+}
+
+/* What a solicitation or advertisement carries past the first ND_FRAME_LEN
+ * bytes, read only for those (tcx: nd_body(), in place; tracepoints:
+ * tp_ndp(), one more kernel read). */
+struct nd_body {
+	__u64 target[2];  /* bytes 62..77: the target address */
+	__u8 flags;       /* byte 58: an advertisement's R (0x80), S (0x40), O (0x20) */
+	__u8 ok;          /* the frame holds them */
+};
+
+/* A neighbour discovery frame of `type` (nd_type()) in the per-address table,
+ * after flood_ingress() said whether it is a loop copy. `buf` holds
+ * ND_FRAME_LEN bytes; `b` the target of a solicitation or advertisement.
+ * Router solicitations name no address and are not kept. */
+static __always_inline void ndp_seen(struct hit *h, const __u8 *buf, __u8 type,
+				     const struct nd_body *b)
+{
+	__u64 key[2];
+	if (type == 134) {
+		__builtin_memcpy(key, buf + 22, 16);  /* an RA's source: the router's link-local address */
+	} else if (type == 135 || type == 136) {
+		if (!b->ok)
+			return;
+		key[0] = b->target[0];
+		key[1] = b->target[1];
+	} else {
+		return;
+	}
+	struct ndp_target *e = ndp_entry(key);
+	if (!e)
+		return;
+	__u32 slot = h->slot;
+	if (h->loop_how) {
+		/* A copy says nothing new about who asks or answers, only where
+		 * it came back (a reflected RA, a looped solicitation). */
+		__sync_fetch_and_add(&e->copies, 1);
+		e->echo_slot = slot;
+		return;
+	}
+	__u8 mac[6];
+	__builtin_memcpy(mac, buf + 6, 6);
+	if (type == 135) {
+		__u64 s0, s1;
+		__builtin_memcpy(&s0, buf + 22, 8);
+		__builtin_memcpy(&s1, buf + 30, 8);
+		if (s0 | s1) {
+			__sync_fetch_and_add(&e->solicits, 1);
+			e->asker_slot = slot;
+		} else {
+			__sync_fetch_and_add(&e->dad_probes, 1);
+			__builtin_memcpy(e->prober_mac, mac, 6);
+			e->prober_slot = slot;
+			e->dad_tick = flood_tick();
+		}
+		return;
+	}
+	if (type == 136) {
+		__sync_fetch_and_add(&e->adverts, 1);
+		if (b->flags & 0x40)
+			__sync_fetch_and_add(&e->solicited, 1);
+		if (b->flags & 0x20)
+			__sync_fetch_and_add(&e->overrides, 1);
+		/* RFC 4862 5.4.3: a host holding the address answers a probe with
+		 * an advertisement to all nodes, and the prober, which waits
+		 * RetransTimer (1 s) after its probe, gives the address up. */
+		if (e->dad_probes && !same_mac(e->prober_mac, mac) &&
+		    (__s32)(flood_tick() - e->dad_tick) < LOOP_WINDOW_TICKS) {
+			__sync_fetch_and_add(&e->dad_answered, 1);
+			__builtin_memcpy(e->answer_mac, mac, 6);
+			e->answer_slot = slot;
+		}
+	} else {
+		__sync_fetch_and_add(&e->routers, 1);
+	}
+	const __u8 zero[6] = {};
+	if (same_mac(e->mac, zero)) {
+		__builtin_memcpy(e->mac, mac, 6);
+		e->claimer_slot = slot;
+	} else if (!same_mac(e->mac, mac)) {
+		__sync_fetch_and_add(&e->conflicts, 1);
+		__builtin_memcpy(e->other_mac, mac, 6);
+		e->other_slot = slot;
+	} else if (slot != e->claimer_slot) {
+		__sync_fetch_and_add(&e->elsewhere, 1);
+		e->echo_slot = slot;
+	}
+}
+
 /* The host's own stack sends through the bridge (br_dev_xmit()). Its ARP
- * replies answer requests seen on the ports, so they count as claims. */
+ * replies answer requests seen on the ports (a gateway on the bridge
+ * device), so they count as claims, by slot 0; so do its neighbour
+ * advertisements (tc_ndp() / tp_ndp() beside each call). */
 static __always_inline void bridge_tx(struct hit *h, const __u8 *buf)
 {
 	if (is_arp(buf))
@@ -708,6 +844,36 @@ static __always_inline int tc_fingerprint(struct __sk_buff *skb, __u64 *fp)
 	return 0;
 }
 
+/* The target and flags of a solicitation or advertisement, in place. */
+static __always_inline void nd_body(const __u8 *buf, const void *end, struct nd_body *b)
+{
+	if ((const void *)(buf + ND_TARGET_END) > end)
+		return;  /* not in the linear area: counted per port only */
+	b->flags = buf[58];
+	__builtin_memcpy(b->target, buf + 62, 16);
+	b->ok = 1;
+}
+
+/* A neighbour discovery frame into ndp_targets, read in place. It looks at
+ * the frame afresh rather than take the caller's nd_type(): port_ingress()
+ * derives its copy counter from that, and with one value for both the
+ * compiler folded `dup >= 0` into it, so the verifier lost dup's bounds
+ * ("math between map_value pointer and 34359738360 is not allowed"). */
+static __always_inline void tc_ndp(struct hit *h, struct __sk_buff *skb)
+{
+	const __u8 *buf = (const __u8 *)(long)skb->data;
+	const void *end = (const void *)(long)skb->data_end;
+	if ((const void *)(buf + ND_FRAME_LEN) > end)
+		return;
+	__u8 type = nd_type(buf);
+	if (!type)
+		return;
+	struct nd_body b = {};
+	if (type != 134)
+		nd_body(buf, end, &b);
+	ndp_seen(h, buf, type, &b);
+}
+
 /* Shared start of both programs: the device is ours by construction (the
  * program is linked to it), its slot comes from the watch array. */
 static __always_inline int tc_hit(struct __sk_buff *skb, int packets, struct hit *h)
@@ -747,6 +913,10 @@ int port_ingress(struct __sk_buff *skb)
 	__u64 fp;
 	if (flooded && tc_fingerprint(skb, &fp) == 0)
 		flood_ingress(&h, fp, src_mac(buf), dup);
+	/* dup is one of the PC_NDP_* counters for NDP frames only. After
+	 * flood_ingress(): a loop copy counts apart. */
+	if (dup >= PC_NDP_NS)
+		tc_ndp(&h, skb);
 	hit_records(&h);
 	return TCX_NEXT_;
 }
@@ -763,6 +933,7 @@ int port_egress(struct __sk_buff *skb)
 	if (h.watch & WATCH_BRIDGE) {
 		if ((const void *)(buf + ARP_FRAME_LEN) <= end)
 			bridge_tx(&h, buf);
+		tc_ndp(&h, skb);
 		return TCX_NEXT_;
 	}
 	if (!(buf[0] & 1))
@@ -777,6 +948,19 @@ int port_egress(struct __sk_buff *skb)
 }
 
 #else /* raw tracepoints */
+
+/* A neighbour discovery frame into ndp_targets; `buf` holds the frame's
+ * first FINGERPRINT_BYTES. The target of a solicitation or advertisement
+ * lies beyond them: one more read, for these frames only. */
+static __always_inline void tp_ndp(struct hit *h, const __u8 *buf, __u8 type)
+{
+	struct nd_body b = {};
+	if (type != 134 && h->wire >= ND_TARGET_END) {
+		b.flags = buf[58];
+		b.ok = bpf_probe_read_kernel(b.target, 16, (const __u8 *)h->start + 62) == 0;
+	}
+	ndp_seen(h, buf, type, &b);
+}
 
 /* Shared start of both hooks: is the device ours, and count the frame. */
 static __always_inline int tp_hit(const void *skb, int packets, struct hit *h)
@@ -806,6 +990,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 		dup = nd_seen(&h, buf, nd);
 	if (rx_frame(&h, buf, 1))
 		flood_ingress(&h, fingerprint(words, h.wire), src_mac(buf), dup);
+	if (nd)
+		tp_ndp(&h, buf, nd);
 	hit_records(&h);
 	return 0;
 }
@@ -819,7 +1005,11 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 	if (bpf_probe_read_kernel(words, sizeof(words), h.start) != 0)
 		return 0;
 	if (h.watch & WATCH_BRIDGE) {
-		bridge_tx(&h, (const __u8 *)words);
+		const __u8 *buf = (const __u8 *)words;
+		bridge_tx(&h, buf);
+		__u8 nd = h.wire >= ND_FRAME_LEN ? nd_type(buf) : 0;
+		if (nd)
+			tp_ndp(&h, buf, nd);
 		return 0;
 	}
 	if (words[0] & 1) {  /* a group destination (I/G bit of the first byte) */

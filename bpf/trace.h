@@ -13,7 +13,7 @@
 
 /* Record kind in the shared `events` ring buffer. Must stay below 8 (the
  * rate_state array of common.bpf.h) and clear of brtrace.h's EVENT_* values;
- * its per-kind stat slots are STAT_KIND_BASE + 7 * 3 + {0,1,2} = 29..31. */
+ * its per-kind stat slots are STAT_KIND_BASE + 7 * 3 + {0,1,2} = 37..39. */
 #define EVENT_TRACE 7
 
 /* Most bytes of a frame a step can carry (SNAPLEN, a -D define, is <= this). */

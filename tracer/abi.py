@@ -124,6 +124,40 @@ class ArpTarget(ctypes.Structure):
     ]
 
 
+class NdpTarget(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 16),
+        ("solicits", ctypes.c_uint64),
+        ("dad_probes", ctypes.c_uint64),
+        ("adverts", ctypes.c_uint64),
+        ("solicited", ctypes.c_uint64),
+        ("overrides", ctypes.c_uint64),
+        ("routers", ctypes.c_uint64),
+        ("conflicts", ctypes.c_uint64),
+        ("elsewhere", ctypes.c_uint64),
+        ("dad_answered", ctypes.c_uint64),
+        ("copies", ctypes.c_uint64),
+        ("mac", ctypes.c_uint8 * 6),
+        ("other_mac", ctypes.c_uint8 * 6),
+        ("prober_mac", ctypes.c_uint8 * 6),
+        ("answer_mac", ctypes.c_uint8 * 6),
+        ("asker_slot", ctypes.c_uint32),
+        ("claimer_slot", ctypes.c_uint32),
+        ("other_slot", ctypes.c_uint32),
+        ("echo_slot", ctypes.c_uint32),
+        ("prober_slot", ctypes.c_uint32),
+        ("answer_slot", ctypes.c_uint32),
+        ("dad_tick", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+# ndp_target's counters, in the order of the struct (the map reader adds
+# them up over the ways one address may hold).
+NDP_COUNTS = ("solicits", "dad_probes", "adverts", "solicited", "overrides", "routers", "conflicts",
+              "elsewhere", "dad_answered", "copies")
+
+
 class NeighKey(ctypes.Structure):
     _fields_ = [
         ("netns", ctypes.c_uint32),
@@ -174,7 +208,7 @@ class NeighEvent(ctypes.Structure):
 # Every struct the header defines, by its C name (the ABI test walks this).
 STRUCTS = {"watch_entry": WatchEntry, "port_ctrs": PortCtrs, "drop_key": DropKey, "drop_event": DropEvent,
            "fdb_key": FdbKey, "fdb_move": FdbMove, "fdb_event": FdbEvent, "frame_event": FrameEvent,
-           "arp_target": ArpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
+           "arp_target": ArpTarget, "ndp_target": NdpTarget, "neigh_key": NeighKey, "neigh_stats": NeighStats,
            "neigh_event": NeighEvent, "neigh_drop_key": NeighDropKey}
 
 # Map key/value types of plain integers. The maps themselves are declared by

@@ -85,6 +85,8 @@ FDB_PORTS_PER_MAC = 8   # distinct ports remembered per MAC
 RATE_WINDOW_MIN = 1.0
 RATE_WINDOW_SLACK = 0.05   # a tick a few ms early still closes a window
 HISTORY_MAX = 32
+# ndp_targets counts whose rates the NDP findings' `active` follows.
+NDP_RATE_COUNTS = ("solicits", "adverts", "routers", "conflicts", "elsewhere", "dad_answered", "copies")
 
 
 @dataclass
@@ -135,14 +137,18 @@ class BridgeState:
         self.first_loop_ns: int | None = None
         self.fdb_events = 0
         self.arp: list = []             # arp_targets snapshot (latest)
+        self.ndp: list = []             # ndp_targets snapshot (latest)
+        # ndp_targets' counts per address over the trailing window, per second
+        # (ndp_rate()): what says whether an NDP finding is still happening.
+        self.ndp_rates: dict = {}
         self.neigh: list = []           # neigh_entries snapshot (latest)
         self.neigh_events: deque = deque(maxlen=RECENT_EVENTS)
         self.interval = 0.0
         self._last_t: float | None = None
 
-    def fold(self, counters: dict, moves: list, now: float) -> None:
+    def fold(self, counters: dict, moves: list, now: float, ndp: list | None = None) -> None:
         """counters: port -> {name: value}; moves: [{mac, vlan, count, port,
-        prev_port}] from the FDB hook.
+        prev_port}] from the FDB hook; ndp: the ndp_targets rows, if read.
         Ports absent from `counters` have left the bridge: their last totals
         stay, so a loop through a link that was since removed is still shown.
         `rates` (and MacMoves.moves_per_second) span the trailing window
@@ -153,7 +159,7 @@ class BridgeState:
         if dt > 0:
             self._dts.append(dt)
         full = dt > 0 and dt >= self.nominal_interval() / 2
-        base_t, base = self._window_base(now)
+        base_t, base, ndp_base = self._window_base(now)
         span = now - base_t if base_t is not None else 0.0
         self.window = span
         rates = {}
@@ -187,7 +193,14 @@ class BridgeState:
             moved = entry.count - entry.count_at(base_t) if base_t is not None else 0
             entry.moves_per_second = max(0, moved) / span if span > 0 else 0.0
             _keep_from(entry.history, base_t)
-        self._history.append((now, {p: dict(v) for p, v in self.totals.items()}))
+        if ndp is not None:
+            self.ndp = ndp
+        ndp_now = {t["ip"]: tuple(t[k] for k in NDP_RATE_COUNTS) for t in self.ndp}
+        unseen = (0,) * len(NDP_RATE_COUNTS)
+        self.ndp_rates = {ip: {k: max(0, v - b) / span if span > 0 else 0.0
+                               for k, v, b in zip(NDP_RATE_COUNTS, values, ndp_base.get(ip, unseen))}
+                          for ip, values in ndp_now.items()}
+        self._history.append((now, {p: dict(v) for p, v in self.totals.items()}, ndp_now))
         _keep_from(self._history, base_t)
         self._last_t = now
 
@@ -203,10 +216,11 @@ class BridgeState:
         return max(self.nominal_interval(), RATE_WINDOW_MIN)
 
     def _window_base(self, now: float) -> tuple:
-        """(time, totals) of the newest snapshot at least rate_window() old;
-        early in the run, the oldest there is; (None, {}) before any."""
+        """(time, totals, ndp counts) of the newest snapshot at least
+        rate_window() old; early in the run, the oldest there is; (None, {},
+        {}) before any."""
         if not self._history:
-            return None, {}
+            return None, {}, {}
         limit = now - self.rate_window() * (1 - RATE_WINDOW_SLACK)
         base = self._history[0]
         for snap in self._history:
@@ -243,6 +257,10 @@ class BridgeState:
 
     def peak(self, port: str, counter: str) -> float:
         return self.peaks.get(port, {}).get(counter, 0.0)
+
+    def ndp_rate(self, ip: str, counter: str) -> float:
+        """An ndp_targets count of address `ip`, per second over the rate window."""
+        return self.ndp_rates.get(ip, {}).get(counter, 0.0)
 
 
 def _keep_from(history: deque, t) -> None:

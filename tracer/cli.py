@@ -113,7 +113,11 @@ def top(**kw):
 @click.option("--all-netns", is_flag=True, default=False,
               help="Watch neighbour entries in every network namespace, not only the bridge's.")
 def neigh(all_netns, **kw):
-    """ARP per port and the kernel's neighbour state machine.
+    """ARP and IPv6 neighbour discovery per port and the kernel's neighbour state machine.
+
+    Unanswered requests and solicitations, addresses held twice (two MACs, a
+    duplicate address detection probe answered), router advertisements from
+    several MACs or reflected, entries going INCOMPLETE -> FAILED.
 
     \b
     Examples:

@@ -31,11 +31,17 @@ ONWARD_SHARE = 0.01
 # the ARP figure counts requests (replies answer a storm, they do not make one).
 STORM_BROADCAST_PPS = 500.0
 STORM_ARP_PPS = 100.0
+# The same for IPv6 neighbour discovery: solicitations make a storm (they are
+# ARP requests' counterpart, and may be unicast, so the broadcast/multicast
+# figure need not show them); advertisements answer one.
+STORM_NDP_PPS = 100.0
+# Per-port NDP counters (forward.bpf.c nd_seen()), every type.
+NDP_TYPES = ("ndp_ns", "ndp_na", "ndp_rs", "ndp_ra")
 
 
 @dataclass
 class Finding:
-    type: str                 # own_address_echo, mac_flap, l2_loop, storm, not_forwarded
+    type: str                 # own_address_echo, mac_flap, l2_loop, storm, ndp_unanswered, ...
     bridge: str
     ports: list
     severity: str             # critical, warning
@@ -334,11 +340,13 @@ def dad_looped(inp: Inputs) -> list:
 
 
 def storm(inp: Inputs) -> list:
-    """Per-port broadcast/ARP rates at their peak interval of the run, so a
-    storm that has since stopped is still reported (with its current rate).
-    A broadcast storm is judged on broadcast/multicast frames and ARP
-    *requests*; a port whose only high figure is ARP replies answers a storm
-    that enters elsewhere, and is reported as such."""
+    """Per-port broadcast/ARP/NDP rates at their peak interval of the run, so
+    a storm that has since stopped is still reported (with its current rate).
+    A storm is judged on broadcast/multicast frames, ARP *requests* and IPv6
+    neighbour *solicitations*; a port whose only high figure is ARP replies
+    or neighbour advertisements answers a storm that enters elsewhere, and is
+    reported as such. The headline names what crossed its threshold, so a
+    storm of (unicast) solicitations is never called a broadcast storm."""
     out = []
     st = inp.state
     figures = {}
@@ -350,61 +358,102 @@ def storm(inp: Inputs) -> list:
         split = st.total(port, "arp_requests") + st.total(port, "arp_replies") > 0
         figures[port] = (max(st.peak(port, "rx_broadcast"), st.peak(port, "rx_multicast")),
                          st.peak(port, "arp_requests" if split else "rx_arp"),
-                         st.peak(port, "arp_replies"), split)
-    storming = [p for p, (bcast, requests, _r, _s) in figures.items()
-                if bcast >= STORM_BROADCAST_PPS or requests >= STORM_ARP_PPS]
-    for port, (bcast, requests, replies, split) in figures.items():
-        if port not in storming and replies < STORM_ARP_PPS:
-            continue
-        arp = st.peak(port, "rx_arp")
-        replies_now = st.rate(port, "arp_replies")
-        replies_evidence = {"peak_arp_replies_per_second": round(replies, 1),
-                            "arp_replies_per_second": round(replies_now, 1)}
+                         st.peak(port, "ndp_ns"), split)
+    storming = [p for p, (bcast, requests, solicits, _s) in figures.items()
+                if bcast >= STORM_BROADCAST_PPS or requests >= STORM_ARP_PPS or solicits >= STORM_NDP_PPS]
+    for port, (bcast, requests, solicits, split) in figures.items():
+        replies, adverts = st.peak(port, "arp_replies"), st.peak(port, "ndp_na")
+        answers_evidence = {"peak_arp_replies_per_second": round(replies, 1),
+                            "arp_replies_per_second": round(st.rate(port, "arp_replies"), 1),
+                            "peak_ndp_advertisements_per_second": round(adverts, 1),
+                            "ndp_advertisements_per_second": round(st.rate(port, "ndp_na"), 1)}
         if port not in storming:
-            out.append(_answering_storm(inp, port, replies, replies_now, storming, replies_evidence))
+            if replies >= STORM_ARP_PPS or adverts >= STORM_NDP_PPS:
+                out.append(_answering_storm(inp, port, storming, answers_evidence,
+                                            ndp=replies < STORM_ARP_PPS))
             continue
-        now = st.rate(port, "rx_broadcast") + st.rate(port, "rx_multicast")
-        arps = st.total(port, "rx_arp")
-        dups = st.total(port, "arp_duplicates")
-        targets = Counter(e.get("arp_tpa") for e in st.loops if e["port"] == port and e.get("arp_tpa"))
-        dup_ratio = round(dups / arps, 3) if arps else 0.0
-        out.append(Finding(
-            "storm", inp.bridge.name, [port], "critical" if bcast >= 4 * STORM_BROADCAST_PPS else "warning",
-            f"broadcast storm on {port}: up to {bcast:.0f} broadcast/multicast frames/s "
-            f"(now {now:.0f}/s), up to {requests:.0f} ARP {'requests' if split else 'frames'}/s"
-            + (f"; {dup_ratio:.0%} of ARP frames are copies coming back" if dups else ""),
-            "copies coming back point at a loop or a reflecting port (see l2_loop); without copies, "
-            f"look at who sends: `{inp.ns_prefix}tcpdump -eni {port} broadcast`",
-            {"kind": "broadcast_storm", "peak_broadcast_per_second": round(bcast, 1),
-             "broadcast_per_second": round(now, 1), "peak_arp_per_second": round(arp, 1),
-             "peak_arp_requests_per_second": round(requests, 1) if split else None,
-             **replies_evidence, "arp_duplicate_ratio": dup_ratio,
-             "top_arp_targets": dict(targets.most_common(5))},
-            active=now >= STORM_BROADCAST_PPS
-            or st.rate(port, "arp_requests" if split else "rx_arp") >= STORM_ARP_PPS))
+        out.append(_storm_on(inp, port, bcast, requests, solicits, split, answers_evidence))
     return out
 
 
-def _answering_storm(inp: Inputs, port: str, replies: float, now: float, storming: list,
-                     evidence: dict) -> Finding:
-    """A port whose only high figure is ARP replies: what is behind it answers
-    requests that flood in from elsewhere (e.g. a gateway answering a storm)."""
+def _storm_on(inp: Inputs, port: str, bcast: float, requests: float, solicits: float, split: bool,
+              answers_evidence: dict) -> Finding:
+    st = inp.state
+    now = st.rate(port, "rx_broadcast") + st.rate(port, "rx_multicast")
+    arp_now = st.rate(port, "arp_requests" if split else "rx_arp")
+    ndp_now = st.rate(port, "ndp_ns")
+    arps, ndps = st.total(port, "rx_arp"), sum(st.total(port, k) for k in NDP_TYPES)
+    dups = st.total(port, "arp_duplicates")
+    ndp_dups = st.total(port, "ndp_duplicates") + st.total(port, "ndp_dad_back")
+    dup_ratio = round(dups / arps, 3) if arps else 0.0
+    ndp_dup_ratio = round(ndp_dups / ndps, 3) if ndps else 0.0
+    targets = Counter(e.get("arp_tpa") for e in st.loops if e["port"] == port and e.get("arp_tpa"))
+    ndp_targets = {t["ip"]: t["solicits"] + t["copies"] for t in st.ndp
+                   if port in (t.get("asker"), t.get("echo")) and t["solicits"] + t["copies"]}
+    # The headline is what crossed a threshold: broadcast frames or ARP
+    # requests (themselves broadcast) make a broadcast storm; solicitations
+    # alone an NDP storm, whatever the broadcast figure says.
+    broadcast = bcast >= STORM_BROADCAST_PPS or requests >= STORM_ARP_PPS
+    figures = []
+    if broadcast or bcast:
+        figures.append(f"up to {bcast:.0f} broadcast/multicast frames/s (now {now:.0f}/s)")
+    if requests:
+        figures.append(f"up to {requests:.0f} ARP {'requests' if split else 'frames'}/s")
+    if solicits:
+        figures.append(f"up to {solicits:.0f} IPv6 neighbour solicitations/s (now {ndp_now:.0f}/s)")
+    copies = [f"{ratio:.0%} of {what} frames are copies coming back"
+              for ratio, n, what in ((dup_ratio, dups, "ARP"), (ndp_dup_ratio, ndp_dups, "NDP")) if n]
+    if broadcast:
+        head, kind = f"broadcast storm on {port}", "broadcast_storm"
+        critical = bcast >= 4 * STORM_BROADCAST_PPS
+        look = f"`{inp.ns_prefix}tcpdump -eni {port} broadcast`"
+    else:
+        head, kind = f"IPv6 neighbour solicitation storm on {port}", "ndp_storm"
+        critical = solicits >= 4 * STORM_NDP_PPS
+        look = f"`{inp.ns_prefix}tcpdump -eni {port} 'icmp6 and ip6[40] == 135'`"
+    return Finding(
+        "storm", inp.bridge.name, [port], "critical" if critical else "warning",
+        f"{head}: {', '.join(figures)}" + "".join(f"; {c}" for c in copies),
+        f"copies coming back point at a loop or a reflecting port (see l2_loop); without copies, "
+        f"look at who sends: {look}",
+        {"kind": kind, "peak_broadcast_per_second": round(bcast, 1),
+         "broadcast_per_second": round(now, 1), "peak_arp_per_second": round(st.peak(port, "rx_arp"), 1),
+         "peak_arp_requests_per_second": round(requests, 1) if split else None,
+         "peak_ndp_solicitations_per_second": round(solicits, 1),
+         "ndp_solicitations_per_second": round(ndp_now, 1),
+         **answers_evidence, "arp_duplicate_ratio": dup_ratio, "ndp_duplicate_ratio": ndp_dup_ratio,
+         "top_arp_targets": dict(targets.most_common(5)),
+         "top_ndp_targets": dict(Counter(ndp_targets).most_common(5))},
+        active=now >= STORM_BROADCAST_PPS or arp_now >= STORM_ARP_PPS or ndp_now >= STORM_NDP_PPS)
+
+
+def _answering_storm(inp: Inputs, port: str, storming: list, evidence: dict, ndp: bool) -> Finding:
+    """A port whose only high figure is ARP replies (or, `ndp`, neighbour
+    advertisements): what is behind it answers requests that flood in from
+    elsewhere (e.g. a gateway answering a storm)."""
+    key, what, storm_kind, proto = (("ndp_na", "IPv6 neighbour advertisements", "a solicitation storm",
+                                     "'icmp6 and ip6[40] == 136'") if ndp else
+                                    ("arp_replies", "ARP replies", "an ARP storm", "arp"))
+    peak, now = inp.state.peak(port, key), inp.state.rate(port, key)
     if storming:
         where = ", ".join(storming)
-        why = f"it answers an ARP storm that enters elsewhere (see the storm on {where})"
-        hint = (f"{port} is not the cause: stop the broadcast storm on {where} "
-                f"(see that storm finding; `{inp.ns_prefix}tcpdump -eni {storming[0]} broadcast`) "
-                f"and {port}'s replies stop with it")
+        why = f"it answers {storm_kind} that enters elsewhere (see the storm on {where})"
+        look = "'icmp6 and ip6[40] == 135'" if ndp else "broadcast"
+        hint = (f"{port} is not the cause: stop the {'' if ndp else 'broadcast '}storm on {where} "
+                f"(see that storm finding; `{inp.ns_prefix}tcpdump -eni {storming[0]} {look}`) "
+                f"and {port}'s {'advertisements' if ndp else 'replies'} stop with it")
     else:
-        why = (f"it answers ARP requests at a storm's rate, though no port of {inp.bridge.name} "
+        asks = "neighbour solicitations" if ndp else "ARP requests"
+        why = (f"it answers {asks} at a storm's rate, though no port of {inp.bridge.name} "
                f"shows a broadcast storm (the requests may come from this host or be unicast)")
-        hint = (f"{port} is not the cause: see whom it answers, `{inp.ns_prefix}tcpdump -eni {port} arp`, "
+        hint = (f"{port} is not the cause: see whom it answers, `{inp.ns_prefix}tcpdump -eni {port} {proto}`, "
                 f"and why they ask so often")
     return Finding(
         "storm", inp.bridge.name, [port], "warning",
-        f"{port} sends up to {replies:.0f} ARP replies/s (now {now:.0f}/s): {why}",
-        hint, {"kind": "answering_arp_storm", **evidence, "storm_ports": list(storming)},
-        active=now >= STORM_ARP_PPS)
+        f"{port} sends up to {peak:.0f} {what}/s (now {now:.0f}/s): {why}",
+        hint, {"kind": "answering_ndp_storm" if ndp else "answering_arp_storm", **evidence,
+               "storm_ports": list(storming)},
+        active=now >= (STORM_NDP_PPS if ndp else STORM_ARP_PPS))
 
 
 def not_forwarded(inp: Inputs) -> list:
@@ -457,30 +506,58 @@ def arp_unanswered(inp: Inputs, earlier=()) -> list:
         if t["requests"] < ARP_UNANSWERED_MIN or t["replies"]:
             continue
         asker = t.get("asker") or "?"
-        asked = (f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on "
-                 f"{inp.bridge.name}")
-        evidence = {"ip": t["ip"], "requests": t["requests"], "replies": 0}
-        if not causes:
-            out.append(Finding(
-                "arp_unanswered", inp.bridge.name, [asker], "warning",
-                f"{asked}: nothing behind the bridge answers for {t['ip']}",
-                f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
-                f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
-                evidence))
-            continue
-        # The not_forwarded finding for the target's own MAC first, then by SUPPRESSING order.
-        ranked = sorted(causes, key=lambda f: (not (t.get("mac") and f.evidence.get("mac") == t.get("mac")),
-                                               SUPPRESSING.index(f.type)))
-        seen = "; ".join(f"{f.type} on {', '.join(f.ports)}" for f in ranked[:3])
-        first = ranked[0]
-        out.append(Finding(
-            "arp_unanswered", inp.bridge.name, [asker], "warning",
-            f"{asked}, but the requests may have been suppressed or lost on the way ({seen}): "
-            f"that is not proof that nothing answers for {t['ip']}",
-            f"deal with the {first.type} finding on {', '.join(first.ports)} first; if requests for "
-            f"{t['ip']} still go unanswered then, check that the host with {t['ip']} is up and on this bridge",
-            {**evidence, "maybe_suppressed_by": [{"type": f.type, "ports": list(f.ports)} for f in ranked]}))
+        out.append(_unanswered(
+            inp, "arp_unanswered", causes, t, asker, "requests",
+            f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on {inp.bridge.name}",
+            f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
+            f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
+            {"ip": t["ip"], "requests": t["requests"], "replies": 0}))
     return out
+
+
+def ndp_unanswered(inp: Inputs, earlier=()) -> list:
+    """arp_unanswered for IPv6: neighbour solicitations for an address that
+    no advertisement answered. Duplicate address detection probes are not
+    counted: nobody answering them is their success."""
+    out = []
+    causes = [f for f in earlier if f.type in SUPPRESSING]
+    for t in sorted(inp.state.ndp, key=lambda t: -t["solicits"]):
+        if t["solicits"] < ARP_UNANSWERED_MIN or t["adverts"]:
+            continue
+        asker = t.get("asker") or "?"
+        out.append(_unanswered(
+            inp, "ndp_unanswered", causes, t, asker, "solicitations",
+            f"{t['solicits']} IPv6 neighbour solicitations for {t['ip']} (latest from {asker}) got no "
+            f"advertisement on {inp.bridge.name}",
+            f"is the host with {t['ip']} up, on this bridge and speaking IPv6 (not `disable_ipv6`)? "
+            f"guests asking for it (their gateway?) fail to send to it: their neighbour entry goes "
+            f"INCOMPLETE -> FAILED (`{inp.ns_prefix}tcpdump -eni {asker} icmp6` shows the solicitations)",
+            {"ip": t["ip"], "solicitations": t["solicits"], "advertisements": 0, "copies": t["copies"]},
+            active=inp.state.ndp_rate(t["ip"], "solicits") > 0))
+    return out
+
+
+def _unanswered(inp: Inputs, type_: str, causes: list, t: dict, asker: str, asks: str, asked: str,
+                hint: str, evidence: dict, active: bool = True) -> Finding:
+    """An address asked for (`asks`: "requests", "solicitations") and never
+    answered; when one of `causes` may have kept the questions from their
+    target, it says so rather than that nothing answers."""
+    if not causes:
+        return Finding(type_, inp.bridge.name, [asker], "warning",
+                       f"{asked}: nothing behind the bridge answers for {t['ip']}", hint, evidence, active=active)
+    # The not_forwarded finding for the target's own MAC first, then by SUPPRESSING order.
+    ranked = sorted(causes, key=lambda f: (not (t.get("mac") and f.evidence.get("mac") == t.get("mac")),
+                                           SUPPRESSING.index(f.type)))
+    seen = "; ".join(f"{f.type} on {', '.join(f.ports)}" for f in ranked[:3])
+    first = ranked[0]
+    return Finding(
+        type_, inp.bridge.name, [asker], "warning",
+        f"{asked}, but the {asks} may have been suppressed or lost on the way ({seen}): "
+        f"that is not proof that nothing answers for {t['ip']}",
+        f"deal with the {first.type} finding on {', '.join(first.ports)} first; if {asks} for "
+        f"{t['ip']} still go unanswered then, check that the host with {t['ip']} is up and on this bridge",
+        {**evidence, "maybe_suppressed_by": [{"type": f.type, "ports": list(f.ports)} for f in ranked]},
+        active=active)
 
 
 def ip_conflict(inp: Inputs) -> list:
@@ -495,6 +572,7 @@ def ip_conflict(inp: Inputs) -> list:
             f"{t['other_mac']} ({t.get('other') or '?'}), {t['conflicts']} conflicting ARP claims",
             "two hosts use the same address (or a VM was cloned); neighbours flip between the two MACs",
             {"ip": t["ip"], "macs": [t["mac"], t["other_mac"]], "conflicting_claims": t["conflicts"]}))
+    out += ipv6_conflicts(inp)
     for n in inp.state.neigh:
         if n["lladdr_changes"] and n["state"] not in ("failed", "incomplete"):
             out.append(Finding(
@@ -504,6 +582,96 @@ def ip_conflict(inp: Inputs) -> list:
                 "a gateway whose MAC changes is a failover, a cloned VM, or ARP spoofing; "
                 "compare with the ARP claims seen on the bridge",
                 {"ip": n["ip"], "macs": [n["prev_lladdr"], n["lladdr"]], "changes": n["lladdr_changes"]}))
+    return out
+
+
+def ipv6_conflicts(inp: Inputs) -> list:
+    """IPv6 addresses held twice, from neighbour discovery on the wire: two
+    MACs advertising one address (both hosts keep it: duplicate address
+    detection was off on one, or their probes never met), or a DAD probe
+    answered (RFC 4862 5.4.3: the prober gives the address up, `dadfailed`)."""
+    out = []
+    st = inp.state
+    for t in st.ndp:
+        if t["conflicts"]:
+            ports = [p for p in dict.fromkeys([t.get("claimer"), t.get("other")]) if p]
+            out.append(Finding(
+                "ip_conflict", inp.bridge.name, ports, "critical",
+                f"{t['ip']} is advertised by two MACs: {t['mac']} ({t.get('claimer') or '?'}) and "
+                f"{t['other_mac']} ({t.get('other') or '?'}), {t['conflicts']} conflicting IPv6 "
+                f"advertisements",
+                "two hosts use the same IPv6 address (a cloned VM, or an address set twice with duplicate "
+                "address detection off: `ip -6 addr` shows `nodad`); neighbours flip between the two "
+                "MACs with every advertisement that has the override flag",
+                {"kind": "advertised_by_two_macs", "ip": t["ip"], "macs": [t["mac"], t["other_mac"]],
+                 "conflicting_advertisements": t["conflicts"], "advertisements": t["adverts"],
+                 "overrides": t["overrides"], "router_advertisements": t["routers"]},
+                active=st.ndp_rate(t["ip"], "conflicts") > 0))
+        if t["dad_answered"]:
+            prober, answerer = t.get("prober") or "?", t.get("answerer") or "?"
+            ports = [p for p in dict.fromkeys([t.get("prober"), t.get("answerer")]) if p]
+            times = f" ({t['dad_answered']} times)" if t["dad_answered"] > 1 else ""
+            out.append(Finding(
+                "ip_conflict", inp.bridge.name, ports, "warning",
+                f"the duplicate address detection probe for {t['ip']} from {t['prober_mac']} ({prober}) "
+                f"was answered by {t['answer_mac']} ({answerer}){times}: {t['ip']} is already in use "
+                f"behind {answerer}, so the host behind {prober} leaves it unconfigured (`dadfailed`)",
+                f"give one of the two hosts another address: on the one behind {prober}, `ip -6 addr` "
+                f"shows {t['ip']} `dadfailed` (delete it, add the right one); if the host behind "
+                f"{answerer} should not hold {t['ip']}, it may be a clone keeping its original's address",
+                {"kind": "dad_answered", "ip": t["ip"], "macs": [t["prober_mac"], t["answer_mac"]],
+                 "prober_mac": t["prober_mac"], "answer_mac": t["answer_mac"],
+                 "dad_probes": t["dad_probes"], "answers": t["dad_answered"]},
+                active=st.ndp_rate(t["ip"], "dad_answered") > 0))
+    return out
+
+
+def rogue_ra(inp: Inputs) -> list:
+    """Router advertisements from more than one MAC (guests take every
+    advertising router as a default router, with its prefixes: a rogue one,
+    a guest running radvd or with forwarding on, draws their traffic), or a
+    router's advertisements entering by another port than the router's own
+    (a loop or a reflecting port sends them back: guests then learn the
+    router's MAC through the wrong port)."""
+    out = []
+    st = inp.state
+    routers = [t for t in st.ndp if t["routers"]]
+    senders: dict = {}          # MAC -> {mac, port, source addresses}
+    for t in routers:
+        # The first MAC seen advertising from the address, and one that
+        # advertised it after (conflicts): one link-local address, two routers.
+        for mac, port in [(t["mac"], t.get("claimer"))] + ([(t["other_mac"], t.get("other"))]
+                                                           if t["conflicts"] else []):
+            senders.setdefault(mac, {"mac": mac, "port": port, "from": []})["from"].append(t["ip"])
+    if len(senders) >= 2:
+        listed = sorted(senders.values(), key=lambda s: (s["port"] or "", s["mac"]))
+        ports = list(dict.fromkeys(s["port"] for s in listed if s["port"]))
+        who = ", ".join(f"{s['mac']} ({s['port'] or '?'}, from {', '.join(s['from'])})" for s in listed)
+        out.append(Finding(
+            "rogue_ra", inp.bridge.name, ports, "critical",
+            f"router advertisements on {inp.bridge.name} come from {len(listed)} MACs: {who}; guests "
+            f"take each as a default router, with its prefixes",
+            f"unless all of them are routers you run (a redundant pair), the others are rogue: a guest "
+            f"running radvd or with forwarding on; stop it there, or drop ICMPv6 type 134 entering the "
+            f"guests' ports (RA guard, RFC 6105); `{inp.ns_prefix}tcpdump -eni {ports[0] if ports else 'PORT'} "
+            f"'icmp6 and ip6[40] == 134'` shows them",
+            {"kind": "several_routers", "routers": listed},
+            active=any(st.ndp_rate(t["ip"], "routers") > 0 for t in routers)))
+    for t in routers:
+        back = t["copies"] + t["elsewhere"]
+        echo, home = t.get("echo"), t.get("claimer")
+        if not back or not echo or echo == home:
+            continue
+        out.append(Finding(
+            "rogue_ra", inp.bridge.name, [echo], "warning",
+            f"router advertisements from {t['mac']} ({t['ip']}), the router behind {home or '?'}, also "
+            f"enter {inp.bridge.name} through {echo}: {back} came back in (reflected or looped), so "
+            f"guests may learn the router through {echo}",
+            f"{_who(inp, echo)} sends frames back (see the l2_loop finding); `{inp.ns_prefix}tcpdump -eni "
+            f"{echo} 'icmp6 and ip6[40] == 134'` shows the router's advertisements coming in there",
+            {"kind": "reflected_ra", "ip": t["ip"], "router_mac": t["mac"], "router_port": home,
+             "came_back": back, "copies": t["copies"], "advertisements": t["routers"]},
+            active=st.ndp_rate(t["ip"], "copies") + st.ndp_rate(t["ip"], "elsewhere") > 0))
     return out
 
 
@@ -542,11 +710,11 @@ def arp_churn(inp: Inputs) -> list:
 
 
 DETECTORS = (own_address_echo, mac_flap, l2_loop, dad_looped, storm, not_forwarded,
-             arp_unanswered, ip_conflict, neigh_failed, arp_churn)
+             arp_unanswered, ndp_unanswered, ip_conflict, rogue_ra, neigh_failed, arp_churn)
 
 
 # Detectors that also read the findings made before them (second argument).
-SEES_EARLIER = (arp_unanswered,)
+SEES_EARLIER = (arp_unanswered, ndp_unanswered)
 
 
 def diagnose(inp: Inputs) -> list:

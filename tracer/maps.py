@@ -10,6 +10,7 @@ views compute deltas.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 
@@ -206,6 +207,31 @@ class KernelMaps:
                 for key in ("requests", "replies", "conflicts"):
                     rec[key] += getattr(t, key)
         return list(by_ip.values())
+
+    def ndp_targets(self) -> list[dict]:
+        """Every IPv6 address neighbour discovery asked for, advertised or
+        sent router advertisements from, on the ports (a bounded
+        set-associative array: forward.bpf.c ndp_entry()). As arp_targets():
+        one batched read, an address held in two ways added up."""
+        if not self.has_map("ndp_targets"):
+            return []
+        by_addr: dict = {}
+        for _k, t in self._maps["ndp_targets"].items():
+            addr = bytes(t.addr)
+            if not any(addr):
+                continue
+            rec = by_addr.get(addr)
+            if rec is None:
+                by_addr[addr] = {"ip": str(ipaddress.IPv6Address(addr)),
+                                 **{k: getattr(t, k) for k in abi.NDP_COUNTS},
+                                 **{k: mac_str(bytes(getattr(t, k)))
+                                    for k in ("mac", "other_mac", "prober_mac", "answer_mac")},
+                                 **{k: getattr(t, k) for k in ("asker_slot", "claimer_slot", "other_slot",
+                                                               "echo_slot", "prober_slot", "answer_slot")}}
+            else:
+                for key in abi.NDP_COUNTS:
+                    rec[key] += getattr(t, key)
+        return list(by_addr.values())
 
     def neigh_entries(self) -> list[dict]:
         """Neighbour entries seen changing (bounded LRU), with transition counts."""

@@ -87,11 +87,11 @@ class Monitor:
         """Read every kernel map the run has loaded, each hook group its own
         (tracer/hooks/<group>.py read()), keyed by port name: {"drops":
         {(ifindex, reason, location, ethertype): n}, "counters": {port:
-        {counter: n}}, "moves": [...], "arp": [...], "neigh": [...]}.
+        {counter: n}}, "moves": [...], "arp": [...], "ndp": [...], "neigh": [...]}.
         Exporters call this at scrape time; tick() folds it."""
         slots = sorted(self.run.slots.owner)
         snap = {"slot_names": {slot: self.run.slot_name(slot) for slot in slots}, "drops": {},
-                "counters": {}, "moves": [], "arp": [], "neigh": []}
+                "counters": {}, "moves": [], "arp": [], "ndp": [], "neigh": []}
         for group in hook_groups(self.run.groups):
             if group.read is not None:
                 group.read(self, snap)
@@ -116,7 +116,7 @@ class Monitor:
         if self.base:
             counters = {port: {k: v - self.base.get(port, {}).get(k, 0) for k, v in values.items()}
                         for port, values in counters.items()}
-        self.bridge_state.fold(counters, snap["moves"], now)
+        self.bridge_state.fold(counters, snap["moves"], now, ndp=snap["ndp"])
         self.bridge_state.arp = snap["arp"]
         self.bridge_state.neigh = snap["neigh"]
 
@@ -166,12 +166,14 @@ class Monitor:
             # a set-associative table displaces entries before it is full
             "arp_targets": near(len(st.arp), abi.CONST["ARP_TARGETS_MAX"])
                            or out.get("arp_evicted", 0) > 0,
+            "ndp_targets": near(len(st.ndp), abi.CONST["NDP_TARGETS_MAX"])
+                           or out.get("ndp_evicted", 0) > 0,
             "neigh_entries": near(len(st.neigh), abi.CONST["NEIGH_KEYS_MAX"]),
             "drop_keys": out.get("drop_keys_full", 0) > 0,
         }
         out["capped"] = sorted(k for k, v in capped.items() if v)
         out["tracked"] = {"fdb_macs": len(st.macs), "arp_targets": len(st.arp),
-                          "neigh_entries": len(st.neigh)}
+                          "ndp_targets": len(st.ndp), "neigh_entries": len(st.neigh)}
         return out
 
 

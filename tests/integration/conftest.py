@@ -1,6 +1,6 @@
 """Integration tier: root, the real kernel, namespaces built by the tests.
 
-Every test builds its own lab (lab, prefix `brti<N>`), runs the real
+Every test builds its own lab (lab, prefix `brti<N>`, or BRTRACE_LAB_PREFIX's), runs the real
 `brtrace` CLI in a child process with `-o json --ready-file`, sends a bounded
 number of frames, stops brtrace with SIGTERM (by PID) and asserts on its JSON.
 """
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from harness import Tracer
+from harness import Tracer, lab_prefix
 from lab import Lab
 
 _ids = itertools.count(1)
@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def lab():
     """A fresh lab (bridge br-int in <prefix>-br, hosts <prefix>-h1/h2)."""
-    with Lab(prefix=f"brti{os.getpid() % 1000}x{next(_ids)}", hosts=2) as built:
+    with Lab(prefix=f"{lab_prefix('brti')}{os.getpid() % 1000}x{next(_ids)}", hosts=2) as built:
         yield built
 
 

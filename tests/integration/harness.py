@@ -29,6 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
 
 
+def lab_prefix(default: str) -> str:
+    """The namespace prefix of a test's lab: BRTRACE_LAB_PREFIX when set
+    (engineers sharing one machine keep their labs and cleanups apart), else
+    the test's own `default`."""
+    return os.environ.get("BRTRACE_LAB_PREFIX", default)
+
+
 class Tracer:
     """The real brtrace CLI as a child process; records are its JSON lines."""
 

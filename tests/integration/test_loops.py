@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fingerprint import flood_slot
-from harness import READS
+from harness import READS, lab_prefix
 
 from lab import BROADCAST, ETH_P_LAB, Frames, Lab, ether, ipv6_icmp, neighbour_solicitation, ping, send_frames
 
@@ -158,7 +158,7 @@ def test_two_bridges_cabled_twice_without_stp(lab, tracer_factory):
 
 
 def test_redundant_links_with_stp_are_not_a_loop(tracer_factory):
-    with Lab(prefix="brtistp", hosts=2, stp=True) as lab:
+    with Lab(prefix=f"{lab_prefix('brti')}stp", hosts=2, stp=True) as lab:
         loop = lab.add_peer_bridge_loop(links=2, stp=True, hold=60)
         assert loop.blocking, "STP did not block a redundant port"
         t = tracer_factory(*loops_cmd(lab))
@@ -223,7 +223,7 @@ def test_guest_whose_dad_probe_comes_back_loses_its_address(tracer_factory):
     reflecting tap sends it back, the guest (enhanced DAD off, as stacks
     without RFC 7527 behave) marks the address dadfailed; brtrace names the
     port the probe came back through."""
-    with Lab(prefix=f"brtd{os.getpid() % 1000}", hosts=2, ipv6=True) as lab:
+    with Lab(prefix=f"{lab_prefix('brtd')}{os.getpid() % 1000}d", hosts=2, ipv6=True) as lab:
         vm = lab.host(1)
         tap = lab.add_tap(lab.prefix + "t3o", reader="reflect", max_frames=1000, comm="tincd")
         for conf in ("all", "eth0"):   # the kernel uses DAD's nonce if either says so

@@ -54,3 +54,9 @@ def test_bytes_counters_follow_their_packet_counters():
     assert c["PC_TX_BYTES"] == c["PC_TX_PACKETS"] + 1
     assert max(v for k, v in c.items() if k.startswith("PC_")) < c["PORT_COUNTERS"]
     assert max(v for k, v in c.items() if k.startswith("DEC_")) < c["DECISIONS"]
+
+
+def test_ndp_counts_are_the_ndp_target_counters():
+    """maps.ndp_targets() adds these up over the ways of one address."""
+    u64 = [name for name, t in abi.NdpTarget._fields_ if t is abi.ctypes.c_uint64]
+    assert list(abi.NDP_COUNTS) == u64

@@ -1,6 +1,7 @@
 """Folding monotonic kernel counters into groups and rates."""
 
 from tracer.aggregate import HISTORY_MAX, SAMPLES_PER_GROUP, BridgeState, DropState
+from tracer.hooks.ports import ndp_named
 
 
 def test_groups_sum_ethertypes_and_sort_by_count():
@@ -92,3 +93,29 @@ def test_rate_history_stays_bounded():
     m = st.macs[("02:aa:00:00:00:01", 0)]
     assert len(st._history) <= HISTORY_MAX and len(m.history) <= HISTORY_MAX + 1
     assert round(st.rate("vnet0", "rx_packets")) == 100 and round(m.moves_per_second) == 50
+
+
+def test_ndp_rows_name_only_the_ports_of_what_was_seen():
+    """Slot 0 is the bridge, a port in its own right: a slot whose count is
+    zero was never written, and must not read as the bridge."""
+    row = {"ip": "2001:db8::1", "solicits": 3, "dad_probes": 0, "adverts": 0, "routers": 0,
+           "conflicts": 0, "elsewhere": 0, "dad_answered": 0, "copies": 0,
+           "asker_slot": 2, "claimer_slot": 0, "other_slot": 0, "echo_slot": 0, "prober_slot": 0,
+           "answer_slot": 0}
+    named = ndp_named(row, {0: "br-int", 2: "vnet1"})
+    assert (named["asker"], named["claimer"], named["prober"], named["answerer"]) == ("vnet1", None, None, None)
+    assert "asker_slot" not in named
+    named = ndp_named({**row, "adverts": 1}, {0: "br-int", 2: "vnet1"})
+    assert named["claimer"] == "br-int"          # the host's own stack answered
+
+
+def test_ndp_rates_span_the_rate_window():
+    st = BridgeState(interval=0.5)
+    row = {"ip": "2001:db8::1", "solicits": 0, "adverts": 0, "routers": 0, "conflicts": 0, "elsewhere": 0,
+           "dad_answered": 0, "copies": 0}
+    for i, n in enumerate((0, 2, 4, 4, 4)):
+        st.fold({}, [], i * 0.5, ndp=[{**row, "solicits": n}])
+        if i == 2:
+            assert st.ndp_rate("2001:db8::1", "solicits") == 4.0     # 4 over the last 1 s
+    assert st.ndp_rate("2001:db8::1", "solicits") == 0.0
+    assert st.ndp_rate("2001:db8::2", "solicits") == 0.0             # never seen

@@ -333,3 +333,134 @@ def test_a_switch_port_with_a_weak_way_back_is_on_the_loop():
 
     assert verdict({"t3o": "vpn tincd", "vnet0": "vm web01"}) == ("loop_between_ports", ["l1", "t3o"])
     assert verdict({"vnet0": "vm web01"}) == ("reflecting_port", ["l1"])
+
+
+# -- IPv6 neighbour discovery on the wire (ndp_targets rows, hooks.ports.ndp_named()) --
+
+def ndp_target(ip, **kw):
+    base = {"ip": ip, "solicits": 0, "dad_probes": 0, "adverts": 0, "solicited": 0, "overrides": 0,
+            "routers": 0, "conflicts": 0, "elsewhere": 0, "dad_answered": 0, "copies": 0,
+            "mac": "00:00:00:00:00:00", "other_mac": "00:00:00:00:00:00",
+            "prober_mac": "00:00:00:00:00:00", "answer_mac": "00:00:00:00:00:00",
+            "asker": None, "claimer": None, "other": None, "echo": None, "prober": None, "answerer": None}
+    return {**base, **kw}
+
+
+def ndp_state(*snapshots, counters=None):
+    """Fold ndp_targets snapshots one second apart (port counters fixed)."""
+    st = BridgeState(interval=1.0)
+    for i, rows in enumerate(snapshots):
+        st.fold({p: {**zero(), **v} for p, v in (counters or {"vnet0": {}}).items()}, [], float(i),
+                ndp=list(rows))
+    return st
+
+
+def test_ndp_unanswered_counts_solicitations_not_dad_probes():
+    gone = ndp_target("2001:db8::99", solicits=3, asker="vnet0")
+    probing = ndp_target("fe80::2b7:ff:fe00:1", dad_probes=5, prober="vnet0")     # DAD unanswered: success
+    answered = ndp_target("2001:db8::1", solicits=9, adverts=9, asker="vnet0", claimer="vnet1")
+    two = ndp_target("2001:db8::98", solicits=2, asker="vnet0")                   # under the minimum
+    st = ndp_state([dict(gone, solicits=1), probing, answered, two], [gone, probing, answered, two])
+    (f,) = run(st)
+    assert (f.type, f.ports, f.severity) == ("ndp_unanswered", ["vnet0"], "warning")
+    assert f.message == ("3 IPv6 neighbour solicitations for 2001:db8::99 (latest from vnet0) got no "
+                         "advertisement on br-int: nothing behind the bridge answers for 2001:db8::99")
+    assert f.evidence == {"ip": "2001:db8::99", "solicitations": 3, "advertisements": 0, "copies": 0}
+    assert "tcpdump -eni vnet0 icmp6" in f.hint and "INCOMPLETE -> FAILED" in f.hint
+    assert f.active                                   # 2 more in the last second
+    (quiet,) = run(ndp_state([gone], [gone], [gone]))
+    assert not quiet.active                           # none over the last window
+
+
+def test_ndp_unanswered_when_a_storm_may_have_lost_the_solicitations():
+    gone = ndp_target("2001:db8::99", solicits=40, asker="vnet0")
+    st = ndp_state([gone], [gone], counters={"vnet0": {}, "vnet1": {}})
+    st.fold({"vnet0": zero(), "vnet1": {**zero(), "rx_multicast": 3000}}, [], 2.0, ndp=[gone])
+    f = {f.type: f for f in run(st)}["ndp_unanswered"]
+    assert f.message == ("40 IPv6 neighbour solicitations for 2001:db8::99 (latest from vnet0) got no "
+                         "advertisement on br-int, but the solicitations may have been suppressed or lost "
+                         "on the way (storm on vnet1): that is not proof that nothing answers for 2001:db8::99")
+    assert f.hint.startswith("deal with the storm finding on vnet1 first; if solicitations for 2001:db8::99")
+    assert f.evidence["maybe_suppressed_by"] == [{"type": "storm", "ports": ["vnet1"]}]
+
+
+def test_ipv6_address_advertised_by_two_macs_names_both_ports():
+    held = ndp_target("2001:db8::50", adverts=2, solicited=2, overrides=2, conflicts=1,
+                      mac="02:b7:00:00:00:01", claimer="vnet0", other_mac="02:b7:00:00:00:02", other="vnet1")
+    (f,) = run(ndp_state([held], [held]))
+    assert (f.type, f.ports, f.severity) == ("ip_conflict", ["vnet0", "vnet1"], "critical")
+    assert f.message == ("2001:db8::50 is advertised by two MACs: 02:b7:00:00:00:01 (vnet0) and "
+                         "02:b7:00:00:00:02 (vnet1), 1 conflicting IPv6 advertisements")
+    assert f.evidence["kind"] == "advertised_by_two_macs" and f.evidence["overrides"] == 2
+    assert "nodad" in f.hint
+    assert not f.active                               # no new conflict over the last window
+
+
+def test_dad_probe_answered_names_prober_and_holder():
+    taken = ndp_target("2001:db8::50", dad_probes=1, adverts=1, overrides=1, dad_answered=1,
+                       mac="02:b7:00:00:00:01", claimer="vnet0", prober_mac="02:b7:00:00:00:02",
+                       prober="vnet1", answer_mac="02:b7:00:00:00:01", answerer="vnet0")
+    (f,) = run(ndp_state([], [taken]))
+    assert (f.type, f.ports, f.severity, f.active) == ("ip_conflict", ["vnet1", "vnet0"], "warning", True)
+    assert f.message == ("the duplicate address detection probe for 2001:db8::50 from 02:b7:00:00:00:02 "
+                         "(vnet1) was answered by 02:b7:00:00:00:01 (vnet0): 2001:db8::50 is already in use "
+                         "behind vnet0, so the host behind vnet1 leaves it unconfigured (`dadfailed`)")
+    assert f.evidence == {"kind": "dad_answered", "ip": "2001:db8::50",
+                          "macs": ["02:b7:00:00:00:02", "02:b7:00:00:00:01"],
+                          "prober_mac": "02:b7:00:00:00:02", "answer_mac": "02:b7:00:00:00:01",
+                          "dad_probes": 1, "answers": 1}
+
+
+def test_router_advertisements_from_two_macs_and_reflected():
+    r1 = ndp_target("fe80::1", routers=3, mac="02:b7:00:00:00:01", claimer="vnet1", copies=3, echo="t3o")
+    r2 = ndp_target("fe80::2", routers=2, mac="02:b7:00:00:00:02", claimer="vnet0")
+    found = {f.evidence["kind"]: f for f in run(ndp_state([r1, r2], [r1, r2]))}
+    several, reflected = found["several_routers"], found["reflected_ra"]
+    assert (several.type, several.ports, several.severity) == ("rogue_ra", ["vnet0", "vnet1"], "critical")
+    assert several.message == ("router advertisements on br-int come from 2 MACs: 02:b7:00:00:00:02 (vnet0, "
+                               "from fe80::2), 02:b7:00:00:00:01 (vnet1, from fe80::1); guests take each as a "
+                               "default router, with its prefixes")
+    assert "RA guard, RFC 6105" in several.hint and "tcpdump -eni vnet0 'icmp6 and ip6[40] == 134'" in several.hint
+    assert (reflected.type, reflected.ports, reflected.severity) == ("rogue_ra", ["t3o"], "warning")
+    assert reflected.message.startswith("router advertisements from 02:b7:00:00:00:01 (fe80::1), the router "
+                                        "behind vnet1, also enter br-int through t3o: 3 came back in")
+    assert reflected.evidence["router_port"] == "vnet1" and reflected.evidence["came_back"] == 3
+    # One router, never back elsewhere: nothing to say.
+    assert run(ndp_state([r2], [r2])) == []
+    # One link-local address advertised by two MACs: two routers, and a conflict.
+    shared = ndp_target("fe80::1", routers=4, conflicts=2, mac="02:b7:00:00:00:01", claimer="vnet1",
+                        other_mac="02:b7:00:00:00:02", other="vnet0")
+    assert types(run(ndp_state([shared]))) == [("ip_conflict", ("vnet1", "vnet0")),
+                                               ("rogue_ra", ("vnet0", "vnet1"))]
+
+
+def test_storm_of_unicast_solicitations_is_not_called_a_broadcast_storm():
+    """Solicitations to a unicast MAC: no broadcast/multicast figure at all;
+    the headline names the NDP storm, never "broadcast storm at 0/s"."""
+    snaps = [{"vnet0": {}}, {"vnet0": {"ndp_ns": 4000}}, {"vnet0": {"ndp_ns": 4000}}]
+    (f,) = run(state(snaps))
+    assert (f.type, f.ports, f.severity) == ("storm", ["vnet0"], "critical")
+    assert f.message == ("IPv6 neighbour solicitation storm on vnet0: up to 4000 IPv6 neighbour "
+                         "solicitations/s (now 0/s)")
+    assert f.evidence["kind"] == "ndp_storm" and not f.active
+    assert "ip6[40] == 135" in f.hint
+
+
+def test_multicast_solicitations_make_a_broadcast_storm_with_ndp_figures():
+    snaps = [{"vnet0": {}}, {"vnet0": {"rx_multicast": 3000, "ndp_ns": 3000, "ndp_duplicates": 1500}}]
+    (f,) = run(state(snaps))
+    assert f.message == ("broadcast storm on vnet0: up to 3000 broadcast/multicast frames/s (now 3000/s), "
+                         "up to 3000 IPv6 neighbour solicitations/s (now 3000/s); 50% of NDP frames are "
+                         "copies coming back")
+    assert f.evidence["ndp_duplicate_ratio"] == 0.5 and f.evidence["peak_ndp_solicitations_per_second"] == 3000
+
+
+def test_storm_of_advertisements_answers_a_solicitation_storm_elsewhere():
+    snaps = [{"gw0": {}, "vnet1": {}},
+             {"gw0": {"ndp_na": 900}, "vnet1": {"rx_multicast": 1000, "ndp_ns": 1000}}]
+    found = {f.ports[0]: f for f in run(state(snaps))}
+    gw = found["gw0"]
+    assert gw.message == ("gw0 sends up to 900 IPv6 neighbour advertisements/s (now 900/s): it answers a "
+                          "solicitation storm that enters elsewhere (see the storm on vnet1)")
+    assert gw.evidence["kind"] == "answering_ndp_storm" and gw.severity == "warning"
+    assert "stop the storm on vnet1" in gw.hint and "broadcast storm" not in gw.hint

@@ -12,6 +12,22 @@ from tracer.hooks.base import Candidate, Hook, HookGroup
 TRACEPOINTS = ("netif_receive_skb", "net_dev_queue")
 
 
+# ndp_target's ports, each named only when the count it belongs to is not
+# zero (slot 0 is the bridge itself, a port in its own right).
+_NDP_SLOTS = {"asker_slot": ("asker", ("solicits",)), "claimer_slot": ("claimer", ("adverts", "routers")),
+              "other_slot": ("other", ("conflicts",)), "echo_slot": ("echo", ("copies", "elsewhere")),
+              "prober_slot": ("prober", ("dad_probes",)), "answer_slot": ("answerer", ("dad_answered",))}
+
+
+def ndp_named(t: dict, names: dict) -> dict:
+    """An ndp_targets row with its slots turned into port names (None
+    where nothing of that kind was seen)."""
+    out = {k: v for k, v in t.items() if k not in _NDP_SLOTS}
+    for slot_key, (name, counts) in _NDP_SLOTS.items():
+        out[name] = names.get(t[slot_key]) if any(t[c] for c in counts) else None
+    return out
+
+
 def read(mon, snap: dict) -> None:
     maps, names = mon.run.maps, snap["slot_names"]
     for slot, values in maps.port_counters(sorted(names)).items():
@@ -19,6 +35,7 @@ def read(mon, snap: dict) -> None:
             {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values) if i in abi.PORT_COUNTER_NAMES})
     snap["arp"] = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
                     "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
+    snap["ndp"] = [ndp_named(t, names) for t in maps.ndp_targets()]
 
 
 GROUP = HookGroup(
@@ -31,7 +48,8 @@ GROUP = HookGroup(
     args=(("ARG_RX_SKB", "netif_receive_skb", "struct sk_buff *"),
           ("ARG_TX_SKB", "net_dev_queue", "struct sk_buff *")),
     maps={"port_counters": (abi.U32, abi.PortCtrs), "own_macs": (abi.U64, abi.U32),
-          "own_mac_lo": (abi.U32, abi.U32), "arp_targets": (abi.U32, abi.ArpTarget)},
+          "own_mac_lo": (abi.U32, abi.U32), "arp_targets": (abi.U32, abi.ArpTarget),
+          "ndp_targets": (abi.U32, abi.NdpTarget)},
     events={abi.CONST["EVENT_ECHO"]: parse_frame_event, abi.CONST["EVENT_LOOP"]: parse_frame_event},
     tracepoints=TRACEPOINTS,
     read=read,

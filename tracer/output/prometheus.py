@@ -73,7 +73,10 @@ SINGLE_COUNTERS = (
      "Copies taken for a host repeating its own frame (GARP bursts, retransmits), not loops.",
      "host_repeats"),
 )
-FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "dad_looped", "storm", "not_forwarded")
+# Every type a finding can have (tracer/diagnose.py DETECTORS): the values of
+# brtrace_findings_active's `type`.
+FINDING_TYPES = ("own_address_echo", "mac_flap", "l2_loop", "dad_looped", "storm", "not_forwarded",
+                 "arp_unanswered", "ndp_unanswered", "ip_conflict", "rogue_ra", "neigh_failed", "arp_churn")
 
 
 class BrtraceCollector:
