@@ -2,7 +2,8 @@
 /*
  * brtrace.h - the one ABI between brtrace's BPF programs and its Python side.
  *
- * Everything a map key, a map value or a ring-buffer record looks like is here.
+ * Everything a map key, a map value or a ring-buffer record looks like is here,
+ * `brtrace trace`'s records included (at the end).
  * tracer/abi.py mirrors these structs with ctypes and reads the #defines from
  * this file, and tests/unit/test_abi.py compiles this header with the host C
  * compiler to check that sizes and offsets agree. Change both together.
@@ -19,6 +20,10 @@
 #define EVENT_ECHO 3      /* a frame entered a port with one of the bridge's MACs as source */
 #define EVENT_LOOP 4      /* a flooded frame came back into the bridge (struct frame_event) */
 #define EVENT_NEIGH 5     /* a neighbour entry changed state or address (struct neigh_event) */
+#define EVENT_TRACE 7     /* a step of a frame `brtrace trace` follows (struct trace_event) */
+/* Record kinds are below EVENT_KINDS: each has a rate-limit window
+ * (common.bpf.h rate_state) and STAT_PER_KIND stat slots. */
+#define EVENT_KINDS 8
 
 /* Slots of the per-CPU `stats` array: brtrace's own health counters. */
 #define STAT_EVENTS_SENT 0        /* records written to the ring buffer */
@@ -31,10 +36,15 @@
 #define STAT_ARP_EVICTED 7        /* an ARP address displaced another from arp_targets */
 #define STAT_NDP_EVICTED 8        /* an IPv6 address displaced another from ndp_targets */
 /* The three event counters again, per record kind: slot
- * STAT_KIND_BASE + kind * 3 + {0: sent, 1: lost, 2: rate limited}. Slots
- * 9..15 are free for more of the above. */
+ * STAT_KIND_SLOT(kind, KIND_SENT / KIND_LOST / KIND_LIMITED). Slots 9..15 are
+ * free for more of the above. */
 #define STAT_KIND_BASE 16
-#define STAT_SLOTS 40
+#define STAT_PER_KIND 3
+#define KIND_SENT 0
+#define KIND_LOST 1
+#define KIND_LIMITED 2
+#define STAT_KIND_SLOT(kind, what) (STAT_KIND_BASE + (kind) * STAT_PER_KIND + (what))
+#define STAT_SLOTS 40     /* STAT_KIND_BASE + EVENT_KINDS * STAT_PER_KIND */
 
 /* Bytes of the frame copied into a sampled record, from the MAC header on:
  * enough for Ethernet + two VLAN tags + ARP or an IPv6 header + ports. */
@@ -53,7 +63,7 @@
 
 /* A port's counters: index into struct port_ctrs (per CPU, one per slot).
  * Monotonic, never cleared. Each *_BYTES follows its *_PACKETS
- * (forward.bpf.c relies on it). The first eight share a cache line: all that
+ * (ports.bpf.c relies on it). The first eight share a cache line: all that
  * a frame touches unless it is ARP, an echo or a loop copy (TX_FLOODED
  * there cost a second line per flooded frame leaving: +2-3 ns a run). */
 #define PC_RX_PACKETS 0
@@ -64,7 +74,7 @@
 #define PC_RX_MULTICAST 5
 #define PC_RX_ARP 6
 #define PC_TX_FLOODED 7    /* group-addressed (flooded) frames sent out of the port */
-/* Loop copies: a flooded frame seen again within LOOP_WINDOW_NS (forward.bpf.c,
+/* Loop copies: a flooded frame seen again within LOOP_WINDOW_NS (ports.bpf.c,
  * flood_ingress() says which copies count). Split by whether the bridge had
  * sent the frame's previous pass out of this very port: */
 #define PC_RETURNS 8       /* copies in through a port the previous pass left by */
@@ -127,7 +137,7 @@
  * indexed by the fingerprint's low bits, so a newer frame displaces an older
  * one of the same slot (a cache, like the LRU it replaced, without the hash). */
 #define FLOOD_KEYS_MAX 16384
-/* Source MACs of flooded frames remembered (forward.bpf.c), a power of two. */
+/* Source MACs of flooded frames remembered (ports.bpf.c), a power of two. */
 #define FLOOD_SOURCES 1024
 #define ARP_TARGETS_MAX 4096
 #define ARP_WAYS 4
@@ -242,7 +252,7 @@ struct arp_target {
  * advertisement (a router's link-local address). "Who" is the frame's
  * Ethernet source: the MAC the bridge learns, so the port it names is the
  * sender's (a target link-layer option may name another, as proxies do).
- * Loop copies (forward.bpf.c flood_ingress()) count in `copies` only, so the
+ * Loop copies (port_flood.bpf.h flood_ingress()) count in `copies` only, so the
  * other counts are what the hosts sent.
  *
  * A table of its own, not one keyed by 128-bit addresses with IPv4 mapped
@@ -318,6 +328,43 @@ struct neigh_event {
 	__u8 old_lladdr[6];
 	__u8 new_lladdr[6];
 	__u8 pad2[4];
+};
+
+/*
+ * `brtrace trace` (bpf/trace.bpf.c): one ring-buffer record per step of a
+ * frame through the bridge (EVENT_TRACE); tracer/trace_abi.py mirrors it.
+ */
+/* Most bytes of a frame a step can carry (SNAPLEN, a -D define, is <= this). */
+#define TRACE_SNAP_MAX 128
+
+/* What happened to the frame at this step. */
+#define STEP_ENTERED 1     /* netif_receive_skb on a port: entered the bridge there */
+#define STEP_DELIVERED 2   /* netif_receive_skb on the bridge device: delivered locally */
+#define STEP_LEFT 3        /* net_dev_queue on a port: left the bridge through it */
+#define STEP_ORIGINATED 4  /* net_dev_queue on the bridge device: sent by the host itself */
+#define STEP_FREED 5       /* kfree_skb on the bridge or a port: dropped, with a reason */
+
+/* Flags of a step. */
+#define TF_VLAN_TAG 1      /* vlan_tci holds an accelerated tag (not in frame[]) */
+#define TF_PENDING 2       /* recorded late: held back until a later step matched the port filter */
+
+struct trace_event {
+	__u8 kind;         /* EVENT_TRACE */
+	__u8 step;         /* STEP_* */
+	__u8 cap_len;      /* bytes valid in frame[] (<= SNAPLEN) */
+	__u8 flags;        /* TF_* */
+	__u32 ifindex;     /* skb->dev at this step */
+	__u32 wire_len;    /* bytes from the MAC header to the end of the frame */
+	__u32 reason;      /* STEP_FREED: enum skb_drop_reason */
+	__u64 ts_ns;       /* bpf_ktime_get_ns() */
+	__u64 skb;         /* the sk_buff's address: the same for a forwarded frame */
+	__u64 head;        /* skb->head: shared by a flooded frame's clones */
+	__u64 location;    /* STEP_FREED: kernel text address that freed it */
+	__u16 vlan_tci;    /* with TF_VLAN_TAG */
+	__u16 vlan_proto;  /* with TF_VLAN_TAG, network byte order as in the skb */
+	__u16 cpu;         /* bpf_get_smp_processor_id() */
+	__u16 pad0;
+	__u8 frame[TRACE_SNAP_MAX]; /* only SNAPLEN bytes of it are sent */
 };
 
 #endif /* BRTRACE_H */

@@ -73,7 +73,7 @@ struct rate_window {
 	__u64 sent;
 };
 /* One window per record kind and CPU, so the limiter takes no lock. */
-BPF_PERCPU_ARRAY(rate_state, struct rate_window, 8);
+BPF_PERCPU_ARRAY(rate_state, struct rate_window, EVENT_KINDS);
 
 static __always_inline int rate_allow(int kind, __u64 now)
 {
@@ -103,13 +103,13 @@ static __always_inline void *event_reserve(int kind, __u64 size, __u64 now)
 {
 	if (!rate_allow(kind, now)) {
 		stat_inc(STAT_EVENTS_RATE_LIMITED);
-		stat_inc(STAT_KIND_BASE + kind * 3 + 2);
+		stat_inc(STAT_KIND_SLOT(kind, KIND_LIMITED));
 		return NULL;
 	}
 	void *ev = events.ringbuf_reserve(size);
 	if (!ev) {
 		stat_inc(STAT_EVENTS_LOST);
-		stat_inc(STAT_KIND_BASE + kind * 3 + 1);
+		stat_inc(STAT_KIND_SLOT(kind, KIND_LOST));
 	}
 	return ev;
 }
@@ -118,7 +118,7 @@ static __always_inline void event_submit(int kind, void *ev)
 {
 	events.ringbuf_submit(ev, 0);
 	stat_inc(STAT_EVENTS_SENT);
-	stat_inc(STAT_KIND_BASE + kind * 3);
+	stat_inc(STAT_KIND_SLOT(kind, KIND_SENT));
 }
 
 static __always_inline __u64 read_u64(const void *addr)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * fingerprint.bpf.h - the flood fingerprint: which flooded frames are copies
- * of one another (forward.bpf.c). Plain C on fixed-width types, so the host
+ * of one another (ports.bpf.c). Plain C on fixed-width types, so the host
  * compiler builds it too (tests/unit/test_fingerprint.py).
  */
 #ifndef FINGERPRINT_BPF_H
@@ -15,7 +15,7 @@
  * one's multiply (a chained mix cost twice as long, on every flooded frame
  * twice); a final mix (fp_mix()) makes every bit depend on every word, since
  * the low bits pick the table slot and the high ones are the tag. tcx sums
- * the words where they lie (tc_fingerprint() in forward.bpf.c, with FP_K
+ * the words where they lie (tc_fingerprint() in ports.bpf.c, with FP_K
  * and fp_mix() from here), a tracepoint a kernel read's copy
  * (fingerprint()); both give the same value. tests/integration/fingerprint.py
  * is the Python twin the tests use to pick frames, and

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * trace.bpf.c - every step of selected frames through the bridge, one
- * ring-buffer record (struct trace_event, bpf/trace.h) per step.
+ * ring-buffer record (struct trace_event, bpf/brtrace.h) per step.
  *
  * Hooks (raw tracepoints, no kprobes needed):
  *   net:netif_receive_skb  on a port: the frame entered the bridge there;
@@ -40,7 +40,6 @@
  * its egress port keeps its entry).
  */
 #include "common.bpf.h"
-#include "trace.h"
 
 #ifndef SNAPLEN
 #define SNAPLEN 96

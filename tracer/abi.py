@@ -24,8 +24,14 @@ def read_defines(path: Path = HEADER) -> dict[str, int]:
     return out
 
 
-# brtrace.h is the ABI; trace.h adds the trace view's record kind (EVENT_TRACE).
-CONST = {**read_defines(), **read_defines(BPF_DIR / "trace.h")}
+CONST = read_defines()
+# Record kinds (EVENT_*) by value -> "drop", "fdb", ...
+EVENT_KIND_NAMES = {v: k[6:].lower() for k, v in CONST.items() if k.startswith("EVENT_") and k != "EVENT_KINDS"}
+
+
+def stat_kind_slot(kind: int, what: int) -> int:
+    """brtrace.h's STAT_KIND_SLOT(kind, what): a record kind's stat slot."""
+    return CONST["STAT_KIND_BASE"] + kind * CONST["STAT_PER_KIND"] + what
 FRAME_BYTES = CONST["FRAME_BYTES"]
 
 

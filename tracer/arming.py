@@ -3,7 +3,7 @@
 Always on (cheap, never per flooded frame): drop counts (skb:kfree_skb), FDB
 moves (bridge:br_fdb_update fires only when an entry is created or moves),
 neighbour events, the interfaces' own packet counters (netlink stats64) and
-the kernel log. Armed: the port programs (forward.bpf.c), which fingerprint
+the kernel log. Armed: the port programs (ports.bpf.c), which fingerprint
 every flooded frame, keep the ARP/NDP tables and count echoes exactly.
 
 A symptom arms detail at once; detail disarms after `quiet_after` seconds

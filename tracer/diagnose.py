@@ -35,7 +35,7 @@ STORM_ARP_PPS = 100.0
 # ARP requests' counterpart, and may be unicast, so the broadcast/multicast
 # figure need not show them); advertisements answer one.
 STORM_NDP_PPS = 100.0
-# Per-port NDP counters (forward.bpf.c nd_seen()), every type.
+# Per-port NDP counters (port_ndp.bpf.h nd_seen()), every type.
 NDP_TYPES = ("ndp_ns", "ndp_na", "ndp_rs", "ndp_ra")
 
 
@@ -236,7 +236,7 @@ def _who(inp: Inputs, port: str) -> str:
 
 
 def l2_loop(inp: Inputs) -> list:
-    """One verdict from the loop model (forward.bpf.c counts the copies):
+    """One verdict from the loop model (ports.bpf.c counts the copies):
     two or more ports on the path: a loop between them; one port: it
     reflects when the copies come in after the bridge sent the frame out of
     it, and the loop lies beyond it when copies keep coming in by it although

@@ -31,7 +31,7 @@ class KernelMaps:
 
     Built from what the loader child sends back (`child`, or one started
     here): this process keeps only file descriptors, read through libbpf.
-    tcx: (attach types, netns path or None) when forward.bpf.c was built with
+    tcx: (attach types, netns path or None) when ports.bpf.c was built with
     PORT_HOOK_TCX: its port programs are then linked to every watched device
     (set_watch) rather than attached to tracepoints."""
 
@@ -150,13 +150,12 @@ class KernelMaps:
         c = abi.CONST
         out = {}
         for name, slot in c.items():
-            if name.startswith("STAT_") and name not in ("STAT_SLOTS", "STAT_KIND_BASE"):
+            if name.startswith("STAT_") and name not in ("STAT_SLOTS", "STAT_KIND_BASE", "STAT_PER_KIND"):
                 out[name[5:].lower()] = slots.get(slot, 0)
-        for name, kind in c.items():
-            if name.startswith("EVENT_"):
-                base = c["STAT_KIND_BASE"] + kind * 3
-                for i, what in enumerate(("events_sent", "events_lost", "events_rate_limited")):
-                    out[f"{what}_{name[6:].lower()}"] = slots.get(base + i, 0)
+        for kind, name in abi.EVENT_KIND_NAMES.items():
+            for what, counter in (("events_sent", "KIND_SENT"), ("events_lost", "KIND_LOST"),
+                                  ("events_rate_limited", "KIND_LIMITED")):
+                out[f"{what}_{name}"] = slots.get(abi.stat_kind_slot(kind, c[counter]), 0)
         return out
 
     def port_counters(self, slots) -> dict[int, list]:
@@ -188,7 +187,7 @@ class KernelMaps:
 
     def arp_targets(self) -> list[dict]:
         """Every IPv4 address ARP asked for or claimed on the ports (a bounded
-        set-associative array: forward.bpf.c arp_entry()). One batched read;
+        set-associative array: port_arp.bpf.h arp_entry()). One batched read;
         an address that two CPUs entered at once in two ways is added up."""
         if not self.has_map("arp_targets"):
             return []
@@ -211,7 +210,7 @@ class KernelMaps:
     def ndp_targets(self) -> list[dict]:
         """Every IPv6 address neighbour discovery asked for, advertised or
         sent router advertisements from, on the ports (a bounded
-        set-associative array: forward.bpf.c ndp_entry()). As arp_targets():
+        set-associative array: port_ndp.bpf.h ndp_entry()). As arp_targets():
         one batched read, an address held in two ways added up."""
         if not self.has_map("ndp_targets"):
             return []

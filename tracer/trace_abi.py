@@ -1,4 +1,4 @@
-"""Python's mirror of bpf/trace.h (the records of `brtrace trace`). Pure.
+"""Python's mirror of `brtrace trace`'s records (the end of bpf/brtrace.h). Pure.
 
 Constants are read from the header; the struct is mirrored with ctypes and
 tests/unit/test_trace_abi.py checks it against the host C compiler. A record
@@ -14,7 +14,7 @@ import ipaddress
 
 from tracer.abi import BPF_DIR, read_defines
 
-HEADER = BPF_DIR / "trace.h"
+HEADER = BPF_DIR / "brtrace.h"
 CONST = read_defines(HEADER)
 SNAP_MAX = CONST["TRACE_SNAP_MAX"]
 EVENT_TRACE = CONST["EVENT_TRACE"]

@@ -29,5 +29,5 @@ def fingerprint(frame: bytes) -> int:
 
 
 def flood_slot(frame: bytes) -> int:
-    """The flood table slot: the fingerprint's low bits (forward.bpf.c flood_entries())."""
+    """The flood table slot: the fingerprint's low bits (port_flood.bpf.h flood_entries())."""
     return fingerprint(frame) & (FLOOD_KEYS_MAX - 1)

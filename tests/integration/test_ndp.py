@@ -1,4 +1,4 @@
-"""IPv6 neighbour discovery per address on the wire (forward.bpf.c
+"""IPv6 neighbour discovery per address on the wire (ports.bpf.c
 ndp_targets): a gateway nobody answers, an address held twice, a duplicate
 address detection probe answered, router advertisements from two MACs or
 reflected, a storm of solicitations. Real guest stacks where the kernel's

@@ -9,7 +9,7 @@ from tracer import abi, trace_abi
 
 
 # Each C header of the ABI with its ctypes mirror.
-MIRRORS = [(abi.HEADER, abi.STRUCTS), (trace_abi.HEADER, trace_abi.STRUCTS)]
+MIRRORS = [(abi.HEADER, abi.STRUCTS), (trace_abi.HEADER, trace_abi.STRUCTS)]   # one header, two mirrors
 
 
 def _c_layout(tmp_path, header, structs):
@@ -30,7 +30,7 @@ def _c_layout(tmp_path, header, structs):
 
 
 @pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
-@pytest.mark.parametrize("header, structs", MIRRORS, ids=["brtrace.h", "trace.h"])
+@pytest.mark.parametrize("header, structs", MIRRORS, ids=["brtrace", "trace"])
 def test_struct_layouts_match_header(tmp_path, header, structs):
     c = _c_layout(tmp_path, header, structs)
     for cname, cls in structs.items():
@@ -48,7 +48,7 @@ def test_constants_come_from_header():
 
 
 def test_bytes_counters_follow_their_packet_counters():
-    """forward.bpf.c's port_hit() counts bytes at `packets + 1`."""
+    """ports.bpf.c's hit_count() counts bytes at `packets + 1`."""
     c = abi.CONST
     assert c["PC_RX_BYTES"] == c["PC_RX_PACKETS"] + 1
     assert c["PC_TX_BYTES"] == c["PC_TX_PACKETS"] + 1

@@ -1,4 +1,4 @@
-"""The ctypes mirror in tracer/trace_abi.py must agree with bpf/trace.h byte for byte."""
+"""The ctypes mirror in tracer/trace_abi.py must agree with bpf/brtrace.h (struct trace_event) byte for byte."""
 
 import pytest
 
@@ -9,17 +9,21 @@ from tracer.views.trace import Filters, check_filters, parse_proto
 
 def test_trace_record_header_is_8_aligned():
     """The ring carries the header plus SNAPLEN bytes: keep the header 8-aligned.
-    (Sizes and offsets against bpf/trace.h: tests/unit/test_abi.py.)"""
+    (Sizes and offsets against bpf/brtrace.h: tests/unit/test_abi.py.)"""
     assert trace_abi.HEADER_SIZE % 8 == 0
 
 
 def test_trace_kind_fits_the_shared_rate_limiter_and_stats():
     kind = trace_abi.EVENT_TRACE
-    others = {v for k, v in abi.read_defines().items() if k.startswith("EVENT_")}
-    assert kind not in others, "EVENT_TRACE collides with a brtrace.h record kind"
-    assert abi.CONST["EVENT_TRACE"] == kind   # abi reads trace.h too
-    assert kind < 8                        # rate_state has 8 windows (common.bpf.h)
-    assert abi.CONST["STAT_KIND_BASE"] + kind * 3 + 2 < abi.CONST["STAT_SLOTS"]
+    kinds = [v for k, v in abi.CONST.items() if k.startswith("EVENT_") and k != "EVENT_KINDS"]
+    assert len(kinds) == len(set(kinds)), "two record kinds share a value"
+    assert abi.CONST["EVENT_TRACE"] == kind
+    assert max(kinds) < abi.CONST["EVENT_KINDS"]     # each has a rate_state window (common.bpf.h)
+    c = abi.CONST
+    assert abi.stat_kind_slot(c["EVENT_KINDS"] - 1, c["KIND_LIMITED"]) < c["STAT_SLOTS"]
+    assert c["STAT_SLOTS"] == c["STAT_KIND_BASE"] + c["EVENT_KINDS"] * c["STAT_PER_KIND"]
+    assert max(v for k, v in c.items() if k.startswith("STAT_") and k not in
+               ("STAT_SLOTS", "STAT_KIND_BASE", "STAT_PER_KIND")) < c["STAT_KIND_BASE"]
     assert trace_abi.SNAP_MAX <= 255       # cap_len is a __u8
 
 

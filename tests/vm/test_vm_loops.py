@@ -5,7 +5,7 @@ Skipped everywhere else, exactly like test_vm_drops.py: only where /vmh/out
 exists (the VM's output share) and the kernel is 6.1.x.
 
 On 6.1 the bridge is a module and kprobes work, so `loops` picks the kprobe
-mechanism for its forward hook and adds bpf/decide.bpf.c: kprobes on
+mechanism for its forward hook and adds bpf/forward.bpf.c: kprobes on
 br_forward, br_flood and br_pass_frame_up that count the bridge's own decision
 per ingress port (decided_forward, decided_same_port, decided_not_forwarding,
 decided_flood, decided_local). The tests here check those exact counts against

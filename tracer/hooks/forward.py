@@ -1,4 +1,4 @@
-"""Hook group `forward` (bpf/decide.bpf.c): the bridge's own forwarding
+"""Hook group `forward` (bpf/forward.bpf.c): the bridge's own forwarding
 decisions, from kprobes on br_forward, br_flood and br_pass_frame_up, where
 the kernel has kprobes; BridgeRun adds it to a run that has the port hooks.
 Without kprobes the decisions are reconstructed from the port hooks."""
@@ -15,7 +15,7 @@ def read(mon, snap: dict) -> None:
 
 
 GROUP = HookGroup(
-    name="forward", source="decide.bpf.c", hook="forward",
+    name="forward", source="forward.bpf.c", hook="forward",
     probes=(Hook("forward", "bridge forwarding decisions (ingress port, unicast/flood/local, egress)",
                  required=False,
                  candidates=(Candidate("fentry", "br_forward+br_flood+br_pass_frame_up", implemented=False),

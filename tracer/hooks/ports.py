@@ -1,4 +1,4 @@
-"""Hook group `ports` (bpf/forward.bpf.c): frames entering and leaving each
+"""Hook group `ports` (bpf/ports.bpf.c): frames entering and leaving each
 port (tcx programs linked to the bridge and its ports, or the
 netif_receive_skb/net_dev_queue tracepoints): per-port counters, own-address
 echoes, the ARP table, flood fingerprints and the copies that come back. It
@@ -39,7 +39,7 @@ def read(mon, snap: dict) -> None:
 
 
 GROUP = HookGroup(
-    name="ports", source="forward.bpf.c", hook="ports",
+    name="ports", source="ports.bpf.c", hook="ports",
     probes=(Hook("ports", "frames entering and leaving each port: counters, own-address echoes, "
                  "flood fingerprints", required=False,
                  candidates=(Candidate("tcx", "ingress+egress", "linked to the bridge and its ports only"),

@@ -1,4 +1,4 @@
-"""Hook group `trace` (bpf/trace.bpf.c, records in bpf/trace.h): every step
+"""Hook group `trace` (bpf/trace.bpf.c, records at the end of bpf/brtrace.h): every step
 of selected frames through the bridge, for `brtrace trace`, which decodes its
 records itself (tracer/trace_abi.py, tracer/journey.py). It runs alone, on
 the drops hook's tracepoint and the two the port hooks fall back to."""

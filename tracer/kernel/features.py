@@ -48,7 +48,7 @@ class _Timespec(ctypes.Structure):
 def jiffy_ns() -> int:
     """The kernel's tick (1/HZ) in ns: the coarse clocks' resolution is one
     tick (TICK_NSEC, kernel/time/posix-timers.c). The BPF flood table ages
-    entries in jiffies (forward.bpf.c)."""
+    entries in jiffies (ports.bpf.c)."""
     ts = _Timespec()
     if ctypes.CDLL(None).clock_getres(CLOCK_MONOTONIC_COARSE, ctypes.byref(ts)) != 0 \
             or not 0 < ts.tv_nsec <= 10_000_000 or ts.tv_sec:

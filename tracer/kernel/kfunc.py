@@ -93,7 +93,7 @@ PROBE_FIELDS = ("SKB_DEV_OFF", "DEV_IFINDEX_OFF", "DEV_ND_NET_OFF", "NET_NS_INUM
 
 def rdonly_cast_usable(btf, kprobes: bool = False) -> tuple[bool, str]:
     """Will the verifier take bpf_rdonly_cast() in a raw tracepoint program
-    (and, where the kernel has kprobes, in a kprobe program: decide.bpf.c
+    (and, where the kernel has kprobes, in a kprobe program: forward.bpf.c
     shares watched())? (yes/no, and why), by loading a program that makes
     watched()'s reads (probe_program()); closed at once, never attached."""
     if "kfunc" in switches.avoided():
