@@ -33,6 +33,12 @@ def read(mon, snap: dict) -> None:
     for slot, values in maps.port_counters(sorted(names)).items():
         snap["counters"].setdefault(names[slot], {}).update(
             {abi.PORT_COUNTER_NAMES[i]: v for i, v in enumerate(values) if i in abi.PORT_COUNTER_NAMES})
+    last = mon.last_snapshot
+    if not maps.detail and "arp" in last:
+        # Detached (watch, disarmed): the tables cannot change, and reading
+        # them whole (6144 entries) is most of an idle second's work.
+        snap["arp"], snap["ndp"] = last["arp"], last["ndp"]
+        return
     snap["arp"] = [{**t, "asker": names.get(t["asker_slot"]), "claimer": names.get(t["claimer_slot"]),
                     "other": names.get(t["other_slot"])} for t in maps.arp_targets()]
     snap["ndp"] = [ndp_named(t, names) for t in maps.ndp_targets()]
