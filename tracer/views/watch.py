@@ -26,6 +26,7 @@ Under watch the port packet and byte counters are the interfaces' own
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -40,7 +41,7 @@ from tracer.episodes import Episodes, triggers
 from tracer.fleet import Fleet, Member, serving
 from tracer.incident.capture import Capture
 from tracer.incident.command import OnIncident
-from tracer.incident.kmsg import KernelLog
+from tracer.incident.kmsg import KernelLog, format_line
 from tracer.incident.store import Store, iso
 from tracer.incident.timeline import Timeline
 from tracer.output.prometheus import IncidentStoreCollector
@@ -92,7 +93,7 @@ class Watched:
         self.findings: list = []
         self.bundle = None
         self.capture: Optional[Capture] = None
-        self.kmsg_written = 0.0          # monotonic time of the last kernel line written
+        self.kmsg_last_usec = -1         # timestamp of the last kernel line written
         # Moves and drops count from the load; the bridge's rx from now.
         self.prev = {"moves": 0, "drops": 0, "bridge_rx": self.run.bridge.counters.get("rx_packets", 0)}
         self.prev_t = self.run.started
@@ -180,7 +181,8 @@ class Watched:
         bundle.append_lines("timeline.jsonl", [_json(r) for _t, r in self.timeline.since(now - BEFORE)])
         self._written_t = now
         bundle.write_json("snapshots/open.json", self._snapshot())
-        self._write_kmsg(now - BEFORE)
+        self.kmsg_last_usec = -1         # a new bundle gets its own window, written or not
+        self._write_kmsg(bundle, now - BEFORE)
         self.capture = Capture(bundle.open_binary("capture.pcapng"), run.bridge.name,
                                netns=run.netns.path if run.netns.name else None,
                                max_bytes=int(bundle.room() * CAPTURE_SHARE),
@@ -208,18 +210,18 @@ class Watched:
         bundle, self.bundle = self.bundle, None
         if bundle is None:
             return
-        self._finish(bundle, now, why)
+        self._finish(bundle, ep.verdict, why)
         if self.shared.opts.on_close:
             self.shared.command_for(bundle, "close")
 
-    def _finish(self, bundle, now: float, why: str) -> None:
+    def _finish(self, bundle, verdict: Optional[dict], why: str) -> None:
         capture, self.capture = self.capture, None
         if capture is not None:
             capture.stop()
-        self._write_kmsg(self.kmsg_written or now)
+        self._write_kmsg(bundle, 0.0)
         bundle.write_json("snapshots/close.json", self._snapshot())
         bundle.set_findings(self.findings)
-        bundle.update(verdict=self.episodes.current.verdict if self.episodes.current else _last_verdict(bundle),
+        bundle.update(verdict=verdict or bundle.record.get("verdict"),
                       capture=capture.stats() if capture is not None else {}, closed_because=why)
         bundle.close()
 
@@ -229,13 +231,17 @@ class Watched:
         if recs:
             bundle.append_lines("timeline.jsonl", [_json(r) for _t, r in recs])
         self._written_t = now
-        self._write_kmsg(self.kmsg_written or now)
+        self._write_kmsg(bundle, 0.0)
 
-    def _write_kmsg(self, since: float) -> None:
-        lines = self.shared.kmsg.since(since)
-        if lines and self.bundle is not None:
-            self.bundle.append_lines("kernel.log", lines)
-        self.kmsg_written = time.monotonic()
+    def _write_kmsg(self, bundle, since: float) -> None:
+        """The kernel's lines logged since `since` (monotonic s) and not
+        written yet into the bundle's kernel.log (by their own timestamps: a
+        line read late is still written once)."""
+        start = max(int(since * 1_000_000), self.kmsg_last_usec + 1)
+        new = [(usec, msg) for usec, msg in self.shared.kmsg.lines if usec >= start]
+        if new:
+            bundle.append_lines("kernel.log", [format_line(usec, msg) for usec, msg in new])
+            self.kmsg_last_usec = new[-1][0]
 
     def _armed_wall(self, now: float) -> Optional[str]:
         at = self.arming.armed_at
@@ -264,7 +270,8 @@ class Watched:
         if self.bundle is not None:
             self.log(f"brtrace watch: {self.run.bridge.name}: incident closed ({why})")
             bundle, self.bundle = self.bundle, None
-            self._finish(bundle, time.monotonic(), why)
+            ep = self.episodes.current
+            self._finish(bundle, ep.verdict if ep else None, why)
 
     def snapshot_extra(self, m: Member, snap) -> None:
         """Under watch: packets and bytes from the interfaces' own counters;
@@ -279,12 +286,7 @@ class Watched:
 
 
 def _json(rec: dict) -> str:
-    import json  # noqa: PLC0415 - only when writing
     return json.dumps(rec, separators=(",", ":"))
-
-
-def _last_verdict(bundle) -> Optional[dict]:
-    return bundle.record.get("verdict")
 
 
 class Shared:
