@@ -87,6 +87,9 @@ RATE_WINDOW_SLACK = 0.05   # a tick a few ms early still closes a window
 HISTORY_MAX = 32
 # ndp_targets counts whose rates the NDP findings' `active` follows.
 NDP_RATE_COUNTS = ("solicits", "adverts", "routers", "conflicts", "elsewhere", "dad_answered", "copies")
+# The same for arp_targets: what says whether an ARP finding still happens.
+ARP_RATE_COUNTS = ("requests", "replies", "conflicts")
+_TABLES = (("ndp", NDP_RATE_COUNTS), ("arp", ARP_RATE_COUNTS))
 
 
 @dataclass
@@ -138,17 +141,20 @@ class BridgeState:
         self.fdb_events = 0
         self.arp: list = []             # arp_targets snapshot (latest)
         self.ndp: list = []             # ndp_targets snapshot (latest)
-        # ndp_targets' counts per address over the trailing window, per second
-        # (ndp_rate()): what says whether an NDP finding is still happening.
-        self.ndp_rates: dict = {}
+        # arp_targets' and ndp_targets' counts per address over the trailing
+        # window, per second (arp_rate(), ndp_rate()): what says whether an
+        # address finding is still happening.
+        self.addr_rates: dict = {}
         self.neigh: list = []           # neigh_entries snapshot (latest)
         self.neigh_events: deque = deque(maxlen=RECENT_EVENTS)
         self.interval = 0.0
         self._last_t: float | None = None
 
-    def fold(self, counters: dict, moves: list, now: float, ndp: list | None = None) -> None:
+    def fold(self, counters: dict, moves: list, now: float, ndp: list | None = None,
+             arp: list | None = None) -> None:
         """counters: port -> {name: value}; moves: [{mac, vlan, count, port,
-        prev_port}] from the FDB hook; ndp: the ndp_targets rows, if read.
+        prev_port}] from the FDB hook; ndp, arp: the ndp_targets and
+        arp_targets rows, if read.
         Ports absent from `counters` have left the bridge: their last totals
         stay, so a loop through a link that was since removed is still shown.
         `rates` (and MacMoves.moves_per_second) span the trailing window
@@ -159,7 +165,7 @@ class BridgeState:
         if dt > 0:
             self._dts.append(dt)
         full = dt > 0 and dt >= self.nominal_interval() / 2
-        base_t, base, ndp_base = self._window_base(now)
+        base_t, base, addr_base = self._window_base(now)
         span = now - base_t if base_t is not None else 0.0
         self.window = span
         rates = {}
@@ -195,12 +201,18 @@ class BridgeState:
             _keep_from(entry.history, base_t)
         if ndp is not None:
             self.ndp = ndp
-        ndp_now = {t["ip"]: tuple(t[k] for k in NDP_RATE_COUNTS) for t in self.ndp}
-        unseen = (0,) * len(NDP_RATE_COUNTS)
-        self.ndp_rates = {ip: {k: max(0, v - b) / span if span > 0 else 0.0
-                               for k, v, b in zip(NDP_RATE_COUNTS, values, ndp_base.get(ip, unseen))}
-                          for ip, values in ndp_now.items()}
-        self._history.append((now, {p: dict(v) for p, v in self.totals.items()}, ndp_now))
+        if arp is not None:
+            self.arp = arp
+        addr_now = {(table, t["ip"]): tuple(t[k] for k in names)
+                    for table, names in _TABLES for t in getattr(self, table)}
+        self.addr_rates = {}
+        for table, names in _TABLES:
+            unseen = (0,) * len(names)
+            for t in getattr(self, table):
+                key = (table, t["ip"])
+                self.addr_rates[key] = {k: max(0, v - b) / span if span > 0 else 0.0
+                                        for k, v, b in zip(names, addr_now[key], addr_base.get(key, unseen))}
+        self._history.append((now, {p: dict(v) for p, v in self.totals.items()}, addr_now))
         _keep_from(self._history, base_t)
         self._last_t = now
 
@@ -216,7 +228,7 @@ class BridgeState:
         return max(self.nominal_interval(), RATE_WINDOW_MIN)
 
     def _window_base(self, now: float) -> tuple:
-        """(time, totals, ndp counts) of the newest snapshot at least
+        """(time, totals, address-table counts) of the newest snapshot at least
         rate_window() old; early in the run, the oldest there is; (None, {},
         {}) before any."""
         if not self._history:
@@ -260,7 +272,11 @@ class BridgeState:
 
     def ndp_rate(self, ip: str, counter: str) -> float:
         """An ndp_targets count of address `ip`, per second over the rate window."""
-        return self.ndp_rates.get(ip, {}).get(counter, 0.0)
+        return self.addr_rates.get(("ndp", ip), {}).get(counter, 0.0)
+
+    def arp_rate(self, ip: str, counter: str) -> float:
+        """An arp_targets count of address `ip`, per second over the rate window."""
+        return self.addr_rates.get(("arp", ip), {}).get(counter, 0.0)
 
 
 def _keep_from(history: deque, t) -> None:

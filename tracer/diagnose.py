@@ -511,7 +511,8 @@ def arp_unanswered(inp: Inputs, earlier=()) -> list:
             f"{t['requests']} ARP requests for {t['ip']} (latest from {asker}) got no reply on {inp.bridge.name}",
             f"is the host with {t['ip']} up and on this bridge? guests asking for their gateway "
             f"will fail to send (their neighbour entry goes INCOMPLETE -> FAILED)",
-            {"ip": t["ip"], "requests": t["requests"], "replies": 0}))
+            {"ip": t["ip"], "requests": t["requests"], "replies": 0},
+            active=inp.state.arp_rate(t["ip"], "requests") > 0))
     return out
 
 
@@ -571,7 +572,8 @@ def ip_conflict(inp: Inputs) -> list:
             f"{t['ip']} is claimed by two MACs: {t['mac']} ({t.get('claimer') or '?'}) and "
             f"{t['other_mac']} ({t.get('other') or '?'}), {t['conflicts']} conflicting ARP claims",
             "two hosts use the same address (or a VM was cloned); neighbours flip between the two MACs",
-            {"ip": t["ip"], "macs": [t["mac"], t["other_mac"]], "conflicting_claims": t["conflicts"]}))
+            {"ip": t["ip"], "macs": [t["mac"], t["other_mac"]], "conflicting_claims": t["conflicts"]},
+            active=inp.state.arp_rate(t["ip"], "conflicts") > 0))
     out += ipv6_conflicts(inp)
     for n in inp.state.neigh:
         if n["lladdr_changes"] and n["state"] not in ("failed", "incomplete"):

@@ -116,8 +116,7 @@ class Monitor:
         if self.base:
             counters = {port: {k: v - self.base.get(port, {}).get(k, 0) for k, v in values.items()}
                         for port, values in counters.items()}
-        self.bridge_state.fold(counters, snap["moves"], now, ndp=snap["ndp"])
-        self.bridge_state.arp = snap["arp"]
+        self.bridge_state.fold(counters, snap["moves"], now, ndp=snap["ndp"], arp=snap["arp"])
         self.bridge_state.neigh = snap["neigh"]
 
     def rows(self) -> list:

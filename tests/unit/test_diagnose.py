@@ -464,3 +464,22 @@ def test_storm_of_advertisements_answers_a_solicitation_storm_elsewhere():
                           "solicitation storm that enters elsewhere (see the storm on vnet1)")
     assert gw.evidence["kind"] == "answering_ndp_storm" and gw.severity == "warning"
     assert "stop the storm on vnet1" in gw.hint and "broadcast storm" not in gw.hint
+
+
+def test_arp_findings_are_active_only_while_their_counts_move():
+    """arp_unanswered and the IPv4 ip_conflict follow the requests and claims
+    over the rate window, as the NDP findings do: a gateway asked for once,
+    long ago, is history, not an ongoing fault."""
+    st = BridgeState()
+    conflict = {"ip": "10.0.0.7", "requests": 0, "replies": 2, "conflicts": 0, "mac": "02:00:00:00:00:07",
+                "other_mac": "02:00:00:00:00:08", "asker": None, "claimer": "vnet0", "other": "vnet1"}
+    asked = _unanswered_target()
+    for i, (n, c) in enumerate(((10, 0), (20, 1), (40, 3))):    # still asking, still conflicting
+        st.fold({}, [], float(i), arp=[{**asked, "requests": n}, {**conflict, "conflicts": c}])
+    found = {f.type: f for f in run(st)}
+    assert found["arp_unanswered"].active and found["ip_conflict"].active
+    for i in (3, 4, 5):                                              # both stopped
+        st.fold({}, [], float(i), arp=[{**asked, "requests": 40}, {**conflict, "conflicts": 3}])
+    found = {f.type: f for f in run(st)}
+    assert not found["arp_unanswered"].active and not found["ip_conflict"].active
+    assert found["ip_conflict"].ports == ["vnet0", "vnet1"]
