@@ -375,7 +375,32 @@ tests:
         values: '0x10'
       - series: 'brtrace_events_lost_total{{instance="h:9435", bridge="br-int"}}'
         values: '0x20'
+      - series: 'brtrace_bridge_up{{instance="h:9435", bridge="virbr1"}}'
+        values: '1 1 0x10'
+      - series: 'brtrace_bridge_up{{instance="h:9435", bridge="br-int"}}'
+        values: '1x20'
+      - series: 'brtrace_incident_write_errors_total{{instance="h:9435"}}'
+        values: '0 0 0 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3'
+      - series: 'brtrace_incidents_suppressed_total{{instance="h:9435"}}'
+        values: '0x20'
     alert_rule_test:
+      - eval_time: 8m
+        alertname: BrtraceBridgeGone
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: "h:9435", bridge: virbr1}}
+            exp_annotations:
+              summary: 'Bridge virbr1 is gone on h:9435'
+              description: 'brtrace on h:9435 has been waiting 5 minutes for bridge virbr1 (or its network namespace) to come back; nothing on it is traced meanwhile. If the network was torn down on purpose, stop the service (`systemctl stop ''brtrace-*@virbr1''`); if not, check what removed it (libvirt: `virsh net-list --all`).'
+      - eval_time: 5m
+        alertname: BrtraceIncidentsNotRecorded
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: "h:9435"}}
+            exp_annotations:
+              summary: 'brtrace watch on h:9435 could not record every incident'
+              description: 'brtrace watch on h:9435 failed to write to its incident directory, or hit its limit of new bundles per hour, so evidence of an incident may be missing. `journalctl -u ''brtrace-watch@*''` says which (disk full, read-only, removed directory, or a fault that keeps reopening); `brtrace incidents` lists what was kept.'
+      - eval_time: 19m
+        alertname: BrtraceIncidentsNotRecorded
+        exp_alerts: []
       - eval_time: 4m
         alertname: BrtraceL2Loop
         exp_alerts:
