@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tracer.output.prometheus import (FINDING_TYPES, PORT_COUNTERS, SINGLE_COUNTERS, VERSION,
+from tracer.output.prometheus import (FINDING_TYPES, IncidentStoreCollector, PORT_COUNTERS, SINGLE_COUNTERS, VERSION,
                                       BridgeSnapshot, BrtraceCollector)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,10 +233,32 @@ def test_promtool_accepts_the_exposition(text):
 
 # -- the deploy files use what the collector exposes ----------------------------------
 
+def watch_exposition() -> str:
+    """What watch adds: a bridge's armed/incident state, and the store's counters."""
+    registry = CollectorRegistry()
+    registry.register(BrtraceCollector(lambda: [BridgeSnapshot(bridge="br-int", netns="", mode="", armed=True,
+                                                               incident_open=True, incidents={"l2_loop": 2})]))
+    registry.register(IncidentStoreCollector(lambda: {"write_errors": 1, "suppressed": 2, "bundles": 3,
+                                                      "bytes": 4096}))
+    return generate_latest(registry).decode()
+
+
+def test_watch_metrics():
+    text = watch_exposition()
+    for line in ('brtrace_detail_armed{bridge="br-int"} 1.0', 'brtrace_incident_open{bridge="br-int"} 1.0',
+                 'brtrace_incidents_total{bridge="br-int",type="l2_loop"} 2.0',
+                 "brtrace_incident_write_errors_total 1.0", "brtrace_incidents_suppressed_total 2.0",
+                 "brtrace_incident_bundles 3.0", "brtrace_incident_bundles_bytes 4096.0"):
+        assert line in text.splitlines(), line
+    assert "brtrace_detail_armed" not in exposition(snapshots())     # export has no such state
+
+
 def exposed():
-    """metric name -> label names, from the exposition of the fixed snapshots."""
+    """metric name -> label names, from the exposition of the fixed snapshots
+    (export's, and what watch adds)."""
     out = {}
-    for fam in text_string_to_metric_families(exposition(snapshots())):
+    for fam in [*text_string_to_metric_families(exposition(snapshots())),
+                *text_string_to_metric_families(watch_exposition())]:
         for s in fam.samples:
             out.setdefault(s.name, set()).update(s.labels)
     return out
