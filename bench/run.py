@@ -466,7 +466,7 @@ class Bench:
         self.build()
         views = []
         for v in self.args.views:
-            if v not in ("drops", "loops") and not view_available(v):
+            if v not in ("drops", "loops") and not view_available(VIEWS[v].name):
                 self.notes.append(f"view {v}: `brtrace {v}` does not exist yet; skipped")
                 continue
             views.append(v)

@@ -43,6 +43,10 @@ VIEWS: Dict[str, ViewSpec] = {
     "watch": ViewSpec("watch", ("kfree_skb", "br_fdb_update") + _NEIGH_TPS,
                       ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}"),
                       json=False, metrics=True, interval=False),
+    # Armed from the start (hidden --always-armed): what watch costs during an incident.
+    "watch-armed": ViewSpec("watch", _FORWARD_TPS + _NEIGH_TPS,
+                            ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}",
+                             "--always-armed"), json=False, metrics=True, interval=False),
 }
 
 WORKLOADS = ("unicast", "broadcast")

@@ -76,6 +76,7 @@ class WatchOptions:
     max_per_hour: int = 6
     capture_seconds: float = 60.0
     capture_packets: int = 20000
+    always_armed: bool = False           # the bench's "armed" figure: detail from the start, never disarmed
 
 
 class Watched:
@@ -87,7 +88,7 @@ class Watched:
         self.monitor = member.monitor
         self.run: BridgeRun = member.run
         opts = shared.opts
-        self.arming = Arming(quiet_after=opts.quiet)
+        self.arming = Arming(quiet_after=float("inf") if opts.always_armed else opts.quiet)
         self.episodes = Episodes(close_after=opts.quiet)
         self.timeline = Timeline(seconds=int(BEFORE))
         self.findings: list = []
@@ -99,6 +100,9 @@ class Watched:
         self.prev_t = self.run.started
         self._last_ports: dict = {}
         self.log = shared.log
+        if opts.always_armed:
+            self.arming.armed, self.arming.armed_at = True, time.monotonic()
+            self._arm(True, "always (--always-armed)")
 
     # -- every second ----------------------------------------------------------
     def tick(self) -> None:
