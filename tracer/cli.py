@@ -128,12 +128,23 @@ def neigh(all_netns, **kw):
     sys.exit(run_neigh(_config(kw), all_netns=all_netns))
 
 
+def served_options(verb: str):
+    """The options of the long-running views (export, watch): bridges, their
+    namespace, where /metrics is served."""
+    def wrap(f):
+        for opt in reversed((
+                click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
+                             help=f"Bridge to {verb} (repeat for several, all in one namespace)."),
+                click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges."),
+                click.option("--listen", "-l", default="127.0.0.1:9435", show_default=True, metavar="ADDR:PORT",
+                             help="Where to serve /metrics; loopback unless you choose otherwise."))):
+            f = opt(f)
+        return f
+    return wrap
+
+
 @cli.command()
-@click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
-              help="Bridge to export (repeat for several, all in one namespace).")
-@click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges.")
-@click.option("--listen", "-l", default="127.0.0.1:9435", show_default=True, metavar="ADDR:PORT",
-              help="Where to serve /metrics; loopback unless you choose otherwise.")
+@served_options("export")
 @click.option("--interval", "-i", type=float, default=2.0, show_default=True,
               callback=_positive(MAX_INTERVAL), help="Seconds between topology/findings refreshes.")
 @click.option("--duration", "-d", type=float, default=None, callback=_positive(MAX_DURATION),
@@ -154,13 +165,9 @@ def export(bridges, netns, listen, interval, duration, ready_file):
 
 
 @cli.command()
-@click.option("--bridge", "-b", "bridges", required=True, multiple=True, metavar="NAME",
-              help="Bridge to watch (repeat for several, all in one namespace).")
-@click.option("--netns", "-n", metavar="NS", default=None, help="Network namespace of the bridges.")
+@served_options("watch")
 @click.option("--dir", "incident_dir", default="/var/lib/brtrace/incidents", show_default=True, metavar="DIR",
               help="Where incident bundles are written (created 0700; bundles hold MACs and IPs).")
-@click.option("--listen", "-l", default="127.0.0.1:9435", show_default=True, metavar="ADDR:PORT",
-              help="Where to serve /metrics (export's metrics, plus armed/incident state).")
 @click.option("--on-incident", metavar="CMD", default=None,
               help="Run CMD (/bin/sh -c) when an incident opens, with BRTRACE_INCIDENT_DIR, _ID, _TYPE, "
                    "BRTRACE_BRIDGE, BRTRACE_NETNS and BRTRACE_PORTS set; its output goes into the bundle.")
