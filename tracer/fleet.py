@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
@@ -127,7 +127,7 @@ class Fleet:
     def loop(self, interval: float, duration: Optional[float] = None, on_interval=None, lock=None,
              on_poll=None) -> None:
         def poll():
-            with lock if lock is not None else _nolock():
+            with lock if lock is not None else nullcontext():
                 self.rejoin()
                 if on_poll is not None:
                     on_poll()
@@ -138,11 +138,6 @@ class Fleet:
         for m in self.members:
             if m.up:
                 self._detach(m, "stopped")
-
-
-@contextmanager
-def _nolock():
-    yield
 
 
 def bridge_exists(cfg: Config) -> bool:

@@ -403,12 +403,8 @@ class Bundle:
                                f"{self.store.bundle_max_bytes // MIB} MiB")
             if not data:
                 return False
-        full = os.path.join(self.path, relpath)
-        try:
-            full = self._file(relpath)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            self.store.failed("write", full, exc)
+        fd, full = self._open_private(relpath, os.O_APPEND, "write")
+        if fd is None:
             return False
         try:
             start = os.fstat(fd).st_size
@@ -432,14 +428,19 @@ class Bundle:
         """relpath opened for writing (0600, truncated, unbuffered: each
         write() is one system call, so a capture writing whole blocks leaves
         whole blocks when killed). None when it cannot be created."""
+        fd, _full = self._open_private(relpath, os.O_TRUNC, "create")
+        return None if fd is None else os.fdopen(fd, "wb", buffering=0)
+
+    def _open_private(self, relpath: str, flags: int, what: str) -> tuple:
+        """(fd, path) of relpath opened for writing, created 0600, with
+        `flags` (O_APPEND, O_TRUNC); (None, path) when it fails (counted)."""
         full = os.path.join(self.path, relpath)
         try:
             full = self._file(relpath)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            return os.open(full, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600), full
         except OSError as exc:
-            self.store.failed("create", full, exc)
-            return None
-        return os.fdopen(fd, "wb", buffering=0)
+            self.store.failed(what, full, exc)
+            return None, full
 
     def failed(self, what: str, exc: OSError) -> None:
         """For writers the bundle handed a file to (capture, command log)."""
