@@ -281,7 +281,7 @@ class Bench:
         if self.senders.note:
             self.notes.append(self.senders.note)
         self.frames = {wl: workload_frames(wl, h1.mac, h1.ip, h2.mac, self.args.distinct)
-                       for wl in self.args.workloads}
+                       for wl in dict.fromkeys([*self.args.workloads, self.args.sweep_workload])}
 
     def rx_packets(self) -> tuple:
         """(host 2 eth0 rx_packets, the time it was read)."""
@@ -519,15 +519,17 @@ class Bench:
 
     def cpu_sweep(self, views: Sequence[str], rates: Sequence[int]) -> None:
         """brtrace's CPU as the frame rate grows: one tracer per view, one
-        unicast window per rate (0: as fast as the senders go). The windows
-        are recorded with config "sweep:VIEW" and summarised by sweep_rows()."""
+        window of --sweep-workload per rate (0: as fast as the senders go),
+        in the order given (a rate repeated shows start-up against steady
+        state). The windows are recorded with config "sweep:VIEW" and
+        summarised by sweep_rows()."""
         for v in views:
             self.tracer = Tracer(self.tracer_argv(v, None), self.workdir, f"sweep-{v}")
             try:
                 self.tracer.start()
                 time.sleep(SETTLE)
                 for rate in rates:
-                    self.window(-1, "unicast", f"sweep:{v}", rate=rate)
+                    self.window(-1, self.args.sweep_workload, f"sweep:{v}", rate=rate)
             except LabError as exc:
                 self.notes.append(f"cpu sweep of {v}: {exc}")
             finally:
@@ -601,6 +603,8 @@ def parse_args(argv=None):
     ap.add_argument("--rates", type=_rates, default=[],
                     help="after the rounds, brtrace's CPU per view at these unicast rates "
                          "(frames/s, comma-separated, 0 = unlimited), e.g. 1000,10000,100000,0")
+    ap.add_argument("--sweep-workload", choices=WORKLOADS, default="unicast",
+                    help="the workload of the --rates windows (default unicast)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also measure ns per BPF program run (kernel BPF stats; adds overhead)")
     ap.add_argument("--python-senders", action="store_true", help="use the slow Python senders")

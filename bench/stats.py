@@ -39,14 +39,20 @@ VIEWS: Dict[str, ViewSpec] = {
     "neigh": ViewSpec("neigh", _FORWARD_TPS + _NEIGH_TPS),
     "export": ViewSpec("export", _FORWARD_TPS + _NEIGH_TPS, ("--listen", "127.0.0.1:{port}"),
                        json=False, metrics=True),
-    # Disarmed (a healthy bridge, as the bench's traffic is): no port hooks.
+    # As deployed (symptoms decide): the unicast workload leaves it disarmed (no
+    # port hooks); the broadcast workload is itself a symptom and arms it.
     "watch": ViewSpec("watch", ("kfree_skb", "br_fdb_update") + _NEIGH_TPS,
                       ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}"),
                       json=False, metrics=True, interval=False),
-    # Armed from the start (hidden --always-armed): what watch costs during an incident.
+    # Armed from the start (hidden --detail armed): what watch costs during an incident.
     "watch-armed": ViewSpec("watch", _FORWARD_TPS + _NEIGH_TPS,
                             ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}",
-                             "--always-armed"), json=False, metrics=True, interval=False),
+                             "--detail", "armed"), json=False, metrics=True, interval=False),
+    # Never armed (hidden --detail disarmed): the always-on tier alone, also on the
+    # broadcast workload, whose 0.5+ Mpps of ARP arm `watch` as a storm would.
+    "watch-disarmed": ViewSpec("watch", ("kfree_skb", "br_fdb_update") + _NEIGH_TPS,
+                               ("--listen", "127.0.0.1:{port}", "--dir", "/tmp/brtb-incidents-{port}",
+                                "--detail", "disarmed"), json=False, metrics=True, interval=False),
 }
 
 WORKLOADS = ("unicast", "broadcast")
@@ -277,20 +283,23 @@ def sweep_rows(windows: Sequence[dict]) -> List[dict]:
     for w in windows:
         cfg = w.get("config") or ""
         if cfg.startswith("sweep:") and w.get("tracer_cpu_s") is not None and w["seconds"] > 0:
-            rows.append({"view": cfg[6:], "rate": w.get("rate", 0), "pps": w["pps"],
+            rows.append({"view": cfg[6:], "workload": w.get("workload", "unicast"),
+                         "rate": w.get("rate", 0), "pps": w["pps"],
                          "cpu_pct": 100.0 * w["tracer_cpu_s"] / w["seconds"]})
     return rows
 
 
 def render_sweep(rows: Sequence[dict]) -> List[str]:
     """One line per view: CPU% at each delivered rate, and the spread (max - min
-    in points): flat means the spread stays within the clock-tick resolution."""
+    in points): flat means the spread stays within the clock-tick resolution.
+    By rate asked, unlimited last; windows of one rate in the order run."""
     lines = []
     for view in dict.fromkeys(r["view"] for r in rows):
-        mine = sorted((r for r in rows if r["view"] == view), key=lambda r: r["pps"])
+        mine = sorted((r for r in rows if r["view"] == view), key=lambda r: (r["rate"] == 0, r["rate"]))
         cells = ", ".join("%.0f kpps %.1f%%" % (r["pps"] / 1e3, r["cpu_pct"]) for r in mine)
         spread = max(r["cpu_pct"] for r in mine) - min(r["cpu_pct"] for r in mine)
-        lines.append(f"cpu sweep {view}: {cells} (spread {spread:.1f} points)")
+        workload = "" if mine[0]["workload"] == "unicast" else f" ({mine[0]['workload']})"
+        lines.append(f"cpu sweep {view}{workload}: {cells} (spread {spread:.1f} points)")
     return lines
 
 

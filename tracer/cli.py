@@ -188,9 +188,11 @@ def export(bridges, netns, listen, interval, duration, ready_file):
 @click.option("--duration", "-d", type=float, default=None, callback=_positive(MAX_DURATION),
               help="Stop after this many seconds (default: run until stopped).")
 @click.option("--ready-file", hidden=True, default=None)
-@click.option("--always-armed", is_flag=True, hidden=True, default=False)   # scripts/bench: the armed cost
+# scripts/bench: what each tier costs on the same traffic (auto: symptoms decide)
+@click.option("--detail", "detail_mode", type=click.Choice(["auto", "armed", "disarmed"]), default="auto",
+              hidden=True)
 def watch(bridges, netns, incident_dir, listen, on_incident, on_close, command_timeout, quiet, max_bundles,
-          max_size, bundle_size, max_per_hour, duration, ready_file, always_armed):
+          max_size, bundle_size, max_per_hour, duration, ready_file, detail_mode):
     """Always on: metrics, detail armed by symptoms, an incident bundle per episode.
 
     \b
@@ -209,7 +211,7 @@ def watch(bridges, netns, incident_dir, listen, on_incident, on_close, command_t
     cfg = Config(bridge=bridges[0], netns=netns, interval=1.0, duration=duration, ready_file=ready_file)
     opts = WatchOptions(dir=incident_dir, quiet=quiet, on_incident=on_incident, on_close=on_close,
                         command_timeout=command_timeout, max_bundles=max_bundles, max_total_mb=max_size,
-                        bundle_mb=bundle_size, max_per_hour=max_per_hour, always_armed=always_armed)
+                        bundle_mb=bundle_size, max_per_hour=max_per_hour, detail=detail_mode)
     sys.exit(run_watch(cfg, list(dict.fromkeys(bridges)), listen, opts))
 
 

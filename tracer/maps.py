@@ -192,7 +192,7 @@ class KernelMaps:
         if not self.has_map("arp_targets"):
             return []
         by_ip: dict = {}
-        for _k, t in self._maps["arp_targets"].items():
+        for _k, t in self._maps["arp_targets"].used("ip"):
             if not t.ip:
                 continue
             rec = by_ip.get(t.ip)
@@ -215,7 +215,7 @@ class KernelMaps:
         if not self.has_map("ndp_targets"):
             return []
         by_addr: dict = {}
-        for _k, t in self._maps["ndp_targets"].items():
+        for _k, t in self._maps["ndp_targets"].used("addr"):
             addr = bytes(t.addr)
             if not any(addr):
                 continue

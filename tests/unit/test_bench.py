@@ -255,6 +255,12 @@ def test_cpu_sweep_rows_and_rendering():
     assert [(r["rate"], r["cpu_pct"]) for r in rows] == [(1000, 1.0), (0, 2.0), (100000, 1.0)]
     (line,) = bench.render_sweep(rows)
     assert line == "cpu sweep loops: 1 kpps 1.0%, 100 kpps 1.0%, 350 kpps 2.0% (spread 1.0 points)"
+    # a repeated rate keeps its run order (start-up, then steady state); the workload is named
+    steady = [{"config": "sweep:watch", "workload": "broadcast", "rate": 0, "pps": p, "seconds": 3.0,
+               "tracer_cpu_s": c} for p, c in ((500e3, 0.3), (510e3, 0.03), (505e3, 0.03))]
+    (line,) = bench.render_sweep(bench.sweep_rows(steady))
+    assert line == ("cpu sweep watch (broadcast): 500 kpps 10.0%, 510 kpps 1.0%, 505 kpps 1.0% "
+                    "(spread 9.0 points)")
 
 
 def test_rates_argument():

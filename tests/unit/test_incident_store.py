@@ -229,3 +229,24 @@ def test_failed_directory_never_touches_the_old_file(tmp_path, monkeypatch):
     assert not b.update(verdict={"message": "m"})
     monkeypatch.undo()
     assert json.load(open(os.path.join(b.path, "incident.json")))["verdict"] is None
+
+
+def test_usage_sizes_closed_bundles_once_and_open_ones_live(tmp_path, monkeypatch):
+    st, _ = make(tmp_path, max_per_hour=10)
+    closed = st.open("br0", None, "storm", [], now=T0)
+    closed.append_lines("timeline.jsonl", ["x" * 9_999])
+    closed.close()
+    live = st.open("br0", None, "l2_loop", [], now=T0 + 1)
+    (tmp_path / "notes").mkdir()                      # not a bundle: not counted
+    walked = []
+    real = store_mod.tree_size
+    monkeypatch.setattr(store_mod, "tree_size", lambda p: walked.append(os.path.basename(p)) or real(p))
+    first = st.usage()
+    assert first == {"bundles": 2, "bytes": real(closed.path) + real(live.path)}
+    live.append_lines("timeline.jsonl", ["y" * 4_999])
+    second = st.usage()
+    assert second["bytes"] == first["bytes"] + 5_000          # the open bundle grew, seen at once
+    assert walked.count(closed.id) == 1                       # sized once, when first listed
+    # a bundle removed by the operator is forgotten; the count follows the directory
+    store_mod.shutil.rmtree(closed.path)
+    assert st.usage() == {"bundles": 1, "bytes": real(live.path)}

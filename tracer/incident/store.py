@@ -166,6 +166,7 @@ class Store:
         self._opened: deque = deque()  # wall times of this hour's opens
         self._open: dict = {}        # id -> Bundle still open
         self._logged: dict = {}      # failure cause -> monotonic time last logged
+        self._sizes: dict = {}       # closed bundle name -> its size (a closed bundle no longer grows)
         self._ensure_root()
 
     def limits(self) -> dict:
@@ -269,6 +270,29 @@ class Store:
             self.log(f"incident store: removed the {removed} oldest bundle(s) in {self.root} to stay within "
                      f"{self.max_bundles} bundles and {self.max_total_bytes // MIB} MiB")
         return removed
+
+    def usage(self) -> dict:
+        """{"bundles": count, "bytes": total} under root, for every metrics
+        scrape: one listing of root; open bundles are sized each time, closed
+        ones once (list() would read every incident.json and walk every tree
+        per scrape)."""
+        try:
+            names = [n for n in os.listdir(self.root) if looks_like_bundle(self.root, n)]
+        except OSError as exc:
+            self.failed("list", self.root, exc)
+            return {"bundles": 0, "bytes": 0}
+        total, sizes = 0, {}
+        for name in names:
+            if name in self._open:
+                total += self._open[name].size()
+                continue
+            size = self._sizes.get(name)
+            if size is None:
+                size = tree_size(os.path.join(self.root, name))
+            sizes[name] = size
+            total += size
+        self._sizes = sizes          # bundles rotated away are forgotten
+        return {"bundles": len(names), "bytes": total}
 
     def list(self) -> list:
         """Every bundle, oldest first, for `brtrace incidents`; [] when the root

@@ -67,6 +67,11 @@ def possible_cpus() -> int:
     return n
 
 
+def _nonzero(value) -> bool:
+    """A field read from a map is set: a non-zero int, or an array with a non-zero byte."""
+    return bool(value) if isinstance(value, int) else any(bytes(value))
+
+
 def _as(ctype, value):
     """`value` as a ctypes object: as it is if it is one, else ctype(value)."""
     return value if isinstance(value, (ctypes._SimpleCData, ctypes.Structure)) else ctype(value)
@@ -148,7 +153,27 @@ class Map:
         for k in self.keys():
             self.delete(k)
 
-    def _batch(self):
+    def used(self, field: str) -> list:
+        """(key, value) of the entries of an array whose `field` is not all
+        zero bytes, in one batched read. For the large set-associative
+        tables (arp_targets, ndp_targets) that are mostly empty: only the used
+        slots are decoded, which is what keeps reading them every second cheap
+        (decoding all 4096 slots cost ~14 ms a read)."""
+        raw = self._batch_raw() if self.array and not self.percpu else None
+        if raw is None:
+            return [(k, v) for k, v in self.items()
+                    if any(_nonzero(getattr(x, field)) for x in (v if self.percpu else [v]))]
+        keys, vals, count = raw
+        f = getattr(self.value, field)
+        zero = bytes(f.size)
+        stride, off = self._stride, f.offset
+        data = bytes(vals)[:count * stride]
+        return [(_as(self.key, keys[i]), self.value.from_buffer_copy(data, i * stride))
+                for i in range(count) if data[i * stride + off:i * stride + off + f.size] != zero]
+
+    def _batch_raw(self):
+        """(keys, value bytes, count) of the whole map in one
+        BPF_MAP_LOOKUP_BATCH, or None where the kernel cannot."""
         n = self.max_entries
         keys = (self.key * n)()
         vals = (ctypes.c_uint8 * (self._stride * self._ncpu * n))()
@@ -158,9 +183,16 @@ class Map:
                                         ctypes.byref(count), None)
         if rc != 0 and ctypes.get_errno() != errno.ENOENT:   # ENOENT: the last batch
             return None
+        return keys, vals, count.value
+
+    def _batch(self):
+        raw = self._batch_raw()
+        if raw is None:
+            return None
+        keys, vals, count = raw
         per = self._stride * self._ncpu
         out = []
-        for i in range(count.value):
+        for i in range(count):
             vs = self._values(vals, i * per)
             # keys[i] is a plain int for simple key types: wrap it again
             out.append((_as(self.key, keys[i]), vs if self.percpu else vs[0]))

@@ -76,7 +76,9 @@ class WatchOptions:
     max_per_hour: int = 6
     capture_seconds: float = 60.0
     capture_packets: int = 20000
-    always_armed: bool = False           # the bench's "armed" figure: detail from the start, never disarmed
+    # The bench's tiers: "armed" from the start and never disarmed, or
+    # "disarmed" whatever the symptoms; "auto": symptoms decide.
+    detail: str = "auto"
 
 
 class Watched:
@@ -88,7 +90,7 @@ class Watched:
         self.monitor = member.monitor
         self.run: BridgeRun = member.run
         opts = shared.opts
-        self.arming = Arming(quiet_after=float("inf") if opts.always_armed else opts.quiet)
+        self.arming = Arming(quiet_after=float("inf") if opts.detail == "armed" else opts.quiet)
         self.episodes = Episodes(close_after=opts.quiet)
         self.timeline = Timeline(seconds=int(BEFORE))
         self.findings: list = []
@@ -100,9 +102,9 @@ class Watched:
         self.prev_t = self.run.started
         self._last_ports: dict = {}
         self.log = shared.log
-        if opts.always_armed:
+        if opts.detail == "armed":
             self.arming.armed, self.arming.armed_at = True, time.monotonic()
-            self._arm(True, "always (--always-armed)")
+            self._arm(True, "always (--detail armed)")
 
     # -- every second ----------------------------------------------------------
     def tick(self) -> None:
@@ -127,7 +129,7 @@ class Watched:
         change = self.arming.observe(Sample(
             t=now, moves=delta["moves"], echo_lines=echo, bridge_rx_pps=delta["bridge_rx"] / dt,
             drops_pps=delta["drops"] / dt, critical_active=bool(triggers(self.findings))))
-        if change is not None:
+        if change is not None and self.shared.opts.detail != "disarmed":
             self._arm(change.armed, change.reason)
         if self.bundle is not None:
             self._write_second(now)
@@ -335,9 +337,8 @@ class Shared:
             self.command.start_for(bundle, event)
 
     def store_stats(self) -> dict:
-        bundles = self.store.list()
         return {"write_errors": self.store.write_errors, "suppressed": self.store.suppressed,
-                "bundles": len(bundles), "bytes": sum(b.get("size", 0) for b in bundles)}
+                **self.store.usage()}
 
     def close(self) -> None:
         if self.command is not None:
