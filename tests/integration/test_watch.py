@@ -214,6 +214,7 @@ def test_storm_running_before_watch_and_sigterm_mid_incident(lab, tmp_path):
         (r,) = incident(b)["on_incident"]
         assert "killed at timeout" in r["result"] and r["duration_s"] < 4, r
         assert incident(b)["state"] == "open"
+        time.sleep(4.0)      # the storm goes on unchanged: nothing may flip meanwhile
     finally:
         rc = w.stop()
         lab.break_loop()
@@ -222,6 +223,13 @@ def test_storm_running_before_watch_and_sigterm_mid_incident(lab, tmp_path):
     assert rec["state"] == "closed" and rec["closed_because"] == "watch stopped"
     assert (rec["verdict"]["type"], rec["verdict"]["kind"], sorted(rec["verdict"]["ports"])) == \
         ("l2_loop", "loop_between_ports", links)
+    # incident.json's history gains an entry only when the findings change: once the
+    # loop's verdict is there, every later entry holds it unchanged and active
+    loops = [[(f["evidence"]["kind"], sorted(f["ports"]), f["active"]) for f in h["findings"]
+              if f["type"] == "l2_loop"] for h in rec["history"]]
+    first = next(i for i, seen in enumerate(loops) if seen)
+    assert all(seen == [("loop_between_ports", links, True)] for seen in loops[first:]), rec["history"]
+    assert len(rec["history"]) <= 4, [sorted({f["type"] for f in h["findings"]}) for h in rec["history"]]
     if TSHARK:
         assert len(pcap_comments(b / "capture.pcapng")) > 0
 
