@@ -96,7 +96,12 @@
 #define PC_NDP_DUPLICATES 22 /* NDP frames among returns + reentries (DAD probes: PC_NDP_DAD_BACK) */
 #define PC_NDP_DAD_BACK 23 /* DAD probes among returns + reentries: a guest hearing its own
 			    * probe takes its address for a duplicate (dadfailed) */
-#define PORT_COUNTERS 24
+#define PC_ORIGIN_COPIES 24 /* copies in through the port the frame was first seen on, after a
+			    * pass that entered there too, more than HOST_REPEATS_MAX within a
+			    * window: faster than a host repeats itself. A loop beyond the port
+			    * (tracer/diagnose.py counts them as reentries where the port leads
+			    * on to another switch), or a host sending one frame over and over */
+#define PORT_COUNTERS 25
 
 /* Bridge decisions per ingress slot, seen by kprobes on the bridge's own
  * functions where the kernel has kprobes (`decisions`, per-CPU array indexed
@@ -115,15 +120,21 @@
  * so they fall outside; a host repeating itself faster (GARP bursts) is told
  * apart by where the copy comes in (HOST_REPEATS_MAX). */
 #define LOOP_WINDOW_NS 1000000000ULL
-/* A copy entering the port its frame was first seen on, after the frame went
- * elsewhere, is taken for that host resending it (retransmits, GARP bursts: a
- * handful) this many times; a loop brings it back there for ever. */
+/* A copy entering the port its frame was first seen on is taken for that host
+ * resending it (retransmits, GARP bursts: a handful) this many times: after
+ * the frame went elsewhere, over the frame's life; after a pass that entered
+ * there too, within one window (a loop beyond the port brings it back there
+ * hundreds of times a second; where brtrace first saw a frame of a storm
+ * already running is only where one of its copies came in). */
 #define HOST_REPEATS_MAX 8
 /* frame_event.how for EVENT_LOOP: bits. */
 #define LOOP_SENT 1        /* the previous pass left by this port (a return) */
 #define LOOP_CROSSED 2     /* the previous pass entered by another port */
 #define LOOP_AT_ORIGIN 4   /* this port is where the frame was first seen */
 #define LOOP_COPY 8        /* always set on a copy */
+#define LOOP_RUN 16        /* an origin copy (PC_ORIGIN_COPIES): a loop beyond the port, or its
+			    * host sending one frame over and over; counted as the host's frame
+			    * wherever a table counts who asks (port_ndp.bpf.h ndp_seen()) */
 /* The fake helper number the C code calls for bpf_rdonly_cast(); the loader
  * rewrites each such call into a kfunc call (tracer/kernel/kfunc.py). Far
  * above any real helper, so no genuine call is mistaken for it. */

@@ -28,12 +28,12 @@
  *                  a whole LOOP_WINDOW_NS sends new frames: a copy of one of
  *                  them coming back by another port would have marked it, and
  *                  a counted copy marks it again, so a loop keeps its sources
- *                  checked. What this skips are copies coming back by their
- *                  source's own port before anything marked it: the frames of
- *                  hosts behind a port with a loop beyond it, which the loop
- *                  verdict does not need (the bridge's own frames coming back
- *                  show that loop). Shared by all CPUs: a frame may come back
- *                  on another CPU than the one it entered on.
+ *                  checked. Copies coming back by their source's own port (the
+ *                  frames of hosts behind a port with a loop beyond it) would
+ *                  never mark it, so steady sources are checked anyway one
+ *                  tick in STEADY_CHECK, and a copy found marks it.
+ *                  Shared by all CPUs: a frame may come back on another CPU
+ *                  than the one it entered on.
  *   flood_current  per CPU, the flooded frame let in last: br_flood() sends
  *                  its clones out of the ports right after, on the same CPU,
  *                  so their egress adds the port to this copy of its out-mask
@@ -54,13 +54,17 @@ struct flood_path {
 	__u64 out_mask[MAX_PORTS / 64]; /* slots its latest pass left through */
 	__u32 in_ifindex;                /* where its latest pass entered (0: the bridge) */
 	__u32 other_tick;                /* when the pass before entered, if by another port */
-	__u32 pass;                      /* FP_LAST | FP_ORIGIN | FP_REPEATS | FP_OTHER */
-	__u32 pad;                       /* 32 bytes: no entry straddles two cache lines */
-};
+	__u32 pass;                      /* FP_LAST | FP_ORIGIN | FP_REPEATS | FP_OTHER | FP_RUN */
+	__u32 run_tick;                  /* when the run of passes at its origin (FP_RUN) began */
+};                                       /* 32 bytes: no entry straddles two cache lines */
 #define FP_LAST(x) ((x) & 0xff)             /* slot its latest pass entered by */
 #define FP_ORIGIN(x) (((x) >> 8) & 0xff)    /* slot it was first seen entering by */
 #define FP_REPEATS(x) (((x) >> 16) & 0xff)  /* times it came in again by FP_ORIGIN as a host repeat */
 #define FP_OTHER (1U << 24)                 /* other_tick is set */
+/* Passes in a row that entered by FP_ORIGIN and left by no port that could
+ * send them back, since run_tick (at most HOST_REPEATS_MAX: a count, then a flag). */
+#define FP_RUN(x) (((x) >> 25) & 0x7f)
+#define FP_RUN_BITS(n) ((__u32)(n) << 25)
 #define FP_PASS(last, origin, repeats) ((last) | ((origin) << 8) | ((repeats) << 16))
 BPF_ARRAY(flood_tags, struct flood_tag, FLOOD_KEYS_MAX);
 BPF_ARRAY(flood_paths, struct flood_path, FLOOD_KEYS_MAX);
@@ -70,6 +74,13 @@ struct flood_source {
 	__u32 tick;  /* when it last entered by another slot, or came back */
 	__u32 pad;
 };
+/* Steady sources are checked anyway during one tick in this many. Nothing
+ * else would ever mark a source whose copies come back only by the port its
+ * frames enter by (a loop beyond that port); a copy found marks it, and from
+ * then on every frame of it is checked. By the clock, not by a count kept in
+ * the shared entry: a store there per frame would bounce its cache line
+ * between CPUs flooding frames of one source. Power of two. */
+#define STEADY_CHECK 64
 BPF_ARRAY(flood_sources, struct flood_source, FLOOD_SOURCES);
 
 struct flood_current {
@@ -126,7 +137,7 @@ static __always_inline void flood_new(struct flood_tag *t, struct flood_path *p,
  * egress fills the out-mask again. The time of the pass before is kept when
  * it entered by another port, for the round trip (flood_ingress()). */
 static __always_inline void flood_pass(struct flood_tag *t, struct flood_path *p, __u32 tick,
-				       __u32 slot, __u32 ifindex, __u32 repeats)
+				       __u32 slot, __u32 ifindex, __u32 repeats, __u32 run)
 {
 	__u32 pass = p->pass;
 	__u32 other = pass & FP_OTHER;
@@ -134,7 +145,7 @@ static __always_inline void flood_pass(struct flood_tag *t, struct flood_path *p
 		p->other_tick = t->tick;
 		other = FP_OTHER;
 	}
-	p->pass = FP_PASS(slot, FP_ORIGIN(pass), repeats) | other;
+	p->pass = FP_PASS(slot, FP_ORIGIN(pass), repeats) | other | FP_RUN_BITS(run);
 	p->in_ifindex = ifindex;
 	p->out_mask[0] = 0;
 	p->out_mask[1] = 0;
@@ -177,7 +188,7 @@ static __always_inline struct flood_source *flood_source(__u64 mac, __u32 slot, 
 		s->key = key;
 		s->tick = tick;
 	} else if ((__s32)(tick - s->tick) >= LOOP_WINDOW_TICKS) {
-		*steady = 1;
+		*steady = (tick & (STEADY_CHECK - 1)) != 0;
 	}
 	return s;
 }
@@ -229,14 +240,44 @@ static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, in
 	int crossed = FP_LAST(pass) != slot;
 	int sent = mask_has(p->out_mask, slot);
 	/* At the frame's first port, after a pass that entered there too and did
-	 * not leave there, it is always the host repeating itself (nothing went
-	 * out that could come back). After a pass by another port, or one sent
-	 * back out here, it may be the host resending a frame that a reflector
-	 * returned, or a loop bringing the frame round: the first
-	 * HOST_REPEATS_MAX such are taken for the host. */
-	if (origin && ((!crossed && !sent) || repeats < HOST_REPEATS_MAX)) {
+	 * not leave there: the host behind it repeating itself, or a loop beyond
+	 * the port bringing the frame round (nothing went out here, yet copies
+	 * come in). Where brtrace first saw a frame of a storm that was already
+	 * running (or ran while watch had these programs detached) is only where
+	 * one of its copies came in, so this is the common case of a loop beyond
+	 * a port. Told apart by pace: a host repeats a frame a handful of times
+	 * (a GARP burst), a loop hundreds of times a second. The first
+	 * HOST_REPEATS_MAX of a run within one window are the host's; more are
+	 * PC_ORIGIN_COPIES, and userspace decides whether the port can have a
+	 * loop beyond it. */
+	if (origin && !crossed && !sent) {
+		__u32 run = FP_RUN(pass);
+		if (!run || (__s32)(tick - p->run_tick) >= LOOP_WINDOW_TICKS) {
+			run = 0;
+			p->run_tick = tick;
+		}
+		if (src)
+			src->tick = tick;  /* checked until the run ends, either way */
+		if (run < HOST_REPEATS_MAX) {
+			count(h->pc, PC_HOST_REPEATS, 1);
+			flood_pass(t, p, tick, slot, h->ifindex, repeats, run + 1);
+			return;
+		}
+		/* Not among the ARP/NDP duplicates: it may be the host's own. */
+		count(h->pc, PC_ORIGIN_COPIES, 1);
+		h->loop_how = LOOP_COPY | LOOP_AT_ORIGIN | LOOP_RUN;
+		h->loop_prev = p->in_ifindex;
+		h->loop_gap = tick - t->tick;
+		flood_pass(t, p, tick, slot, h->ifindex, repeats, run);
+		return;
+	}
+	/* After a pass by another port, or one sent back out here, it may be
+	 * the host resending a frame that a reflector returned, or a loop
+	 * bringing the frame round: the first HOST_REPEATS_MAX such over the
+	 * frame's life are taken for the host. */
+	if (origin && repeats < HOST_REPEATS_MAX) {
 		count(h->pc, PC_HOST_REPEATS, 1);
-		flood_pass(t, p, tick, slot, h->ifindex, repeats + (crossed || sent));
+		flood_pass(t, p, tick, slot, h->ifindex, repeats + 1, 0);
 		return;
 	}
 	count(h->pc, sent ? PC_RETURNS : PC_REENTRIES, 1);
@@ -255,7 +296,7 @@ static __always_inline void flood_ingress(struct hit *h, __u64 fp, __u64 mac, in
 	h->loop_gap = tick - since;
 	if (src)
 		src->tick = tick;  /* its next frames may come back too */
-	flood_pass(t, p, tick, slot, h->ifindex, repeats);
+	flood_pass(t, p, tick, slot, h->ifindex, repeats, 0);
 }
 
 static __always_inline void mask_add(__u64 *mask, __u32 slot)

@@ -115,9 +115,10 @@ static __always_inline void ndp_seen(struct hit *h, const __u8 *buf, __u8 type,
 	if (!e)
 		return;
 	__u32 slot = h->slot;
-	if (h->loop_how) {
+	if (h->loop_how && !(h->loop_how & LOOP_RUN)) {
 		/* A copy says nothing new about who asks or answers, only where
-		 * it came back (a reflected RA, a looped solicitation). */
+		 * it came back (a reflected RA, a looped solicitation). An origin
+		 * copy may be the host's own frame: counted as before. */
 		__sync_fetch_and_add(&e->copies, 1);
 		e->echo_slot = slot;
 		return;

@@ -138,6 +138,8 @@ def parse_frame_event(raw: bytes) -> dict:
         rec["how"] = "returned" if ev.how & CONST["LOOP_SENT"] else "reentered"
         rec["crossed"] = bool(ev.how & CONST["LOOP_CROSSED"])
         rec["at_origin"] = bool(ev.how & CONST["LOOP_AT_ORIGIN"])
+        # an origin copy: a loop beyond the port, or its host repeating one frame fast
+        rec["run"] = bool(ev.how & CONST["LOOP_RUN"])
         rec["prev_ifindex"] = ev.prev_ifindex
         rec["gap_ticks"] = ev.gap_ticks
     rec.update(decode_frame(bytes(ev.frame[:ev.frame_len])))

@@ -155,12 +155,35 @@ def _copies(values: dict) -> int:
     return values.get("returns", 0) + values.get("reentries", 0)
 
 
+def loop_totals(inp: Inputs) -> dict:
+    """The whole-run port totals, with the copies that came in by a frame's
+    first port faster than a host repeats itself (origin_copies, port_flood.bpf.h
+    flood_ingress()) counted as reentries where the port leads on to another
+    switch: a loop beyond it, seen from a bridge that met the storm's frames
+    first as they came in there (a storm already running). On a guest's port
+    they are its host sending one frame over and over: a storm, not a loop."""
+    out = {}
+    for port, values in inp.state.totals.items():
+        extra = values.get("origin_copies", 0)
+        if extra and leads_on(inp, port):
+            values = {**values, "reentries": values.get("reentries", 0) + extra}
+        out[port] = values
+    return out
+
+
+def _copy_rate(inp: Inputs, port: str) -> float:
+    """Loop copies per second coming in by `port` now (as loop_totals() counts them)."""
+    st = inp.state
+    rate = st.rate(port, "returns") + st.rate(port, "reentries")
+    return rate + (st.rate(port, "origin_copies") if leads_on(inp, port) else 0.0)
+
+
 def loop_ports(inp: Inputs) -> dict:
     """Ports on a loop's path: port -> its counters. Whole-run totals, so the
     verdict holds from interval to interval while a storm is unchanged, and
     a share rather than a count, so it does not depend on when brtrace
     started. STP-blocked ports and the bridge itself are never on it."""
-    candidates = {port: values for port, values in inp.state.totals.items()
+    candidates = {port: values for port, values in loop_totals(inp).items()
                   if port != inp.bridge.name and _copies(values) >= LOOP_MIN_FRAMES
                   and _forwarding(inp, port)}
     out = {port: values for port, values in candidates.items()
@@ -196,7 +219,7 @@ def loop_evidence(inp: Inputs, ports: dict) -> dict:
     # Frames the bridge saw new: every flooded frame in, less the copies and repeats.
     flooded_in = sum(v.get("rx_broadcast", 0) + v.get("rx_multicast", 0)
                      - _copies(v) - v.get("host_repeats", 0)
-                     for p, v in st.totals.items() if p != inp.bridge.name)
+                     for p, v in loop_totals(inp).items() if p != inp.bridge.name)
     gaps = [g for p in ports for g in st.round_trips.get(p, ())]
     evidence = {"frames_back": back, "per_port": per_port,
                 "copies_per_frame": round(back / max(1, flooded_in), 1),
@@ -246,7 +269,7 @@ def l2_loop(inp: Inputs) -> list:
         return []
     st = inp.state
     evidence = loop_evidence(inp, ports)
-    active = any(st.rate(p, "returns") + st.rate(p, "reentries") > 0 for p in ports)
+    active = any(_copy_rate(inp, p) > 0 for p in ports)
     back = evidence["frames_back"]
     rtt = evidence["round_trip_ms"]
     took = f", round trip ~{rtt['median']:g} ms" if rtt and rtt["median"] >= inp.jiffy_ms else (

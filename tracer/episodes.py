@@ -26,11 +26,22 @@ def triggers(findings: list) -> list:
             and f.get("type") in INCIDENT_TYPES]
 
 
+def involved(f: dict) -> list:
+    """The ports a trigger adds to the incident (its capture, BRTRACE_PORTS):
+    a MAC flapping because a loop brings its frames back is wrongly learned
+    on the loop's ports, not on the port its host lives behind."""
+    wrong = (f.get("evidence") or {}).get("wrongly_learned_on") if f.get("type") == "mac_flap" else None
+    return list(wrong) if wrong else list(f.get("ports", []))
+
+
 def verdict_of(findings: list) -> Optional[dict]:
-    """The most telling finding, as the incident's verdict."""
+    """The most telling finding, as the incident's verdict: active and
+    critical ones first, then by INCIDENT_TYPES (a warning about a MAC moving
+    between a guest's port and a VPN tap tells less than a critical storm on
+    the tap, and names the guest's port)."""
     ranked = sorted((f for f in findings if f.get("type") in INCIDENT_TYPES),
-                    key=lambda f: (INCIDENT_TYPES.index(f["type"]), not f.get("active"),
-                                   f.get("severity") != "critical"))
+                    key=lambda f: (not f.get("active"), f.get("severity") != "critical",
+                                   INCIDENT_TYPES.index(f["type"])))
     if not ranked:
         return None
     f = ranked[0]
@@ -74,7 +85,7 @@ class Episodes:
             if not found:
                 return []
             first = verdict_of(found)
-            ports = _union(f.get("ports", []) for f in found)
+            ports = _union(involved(f) for f in found)
             ep = self.current = Episode(type=first["type"], opened_t=t, ports=ports, last_active_t=t,
                                         findings=findings, history=[(t, findings)])
             self._sig = signature(findings)
@@ -82,7 +93,7 @@ class Episodes:
         events = []
         if found:
             ep.last_active_t = t
-            grown = _union([ep.ports] + [f.get("ports", []) for f in found])
+            grown = _union([ep.ports] + [involved(f) for f in found])
             if grown != ep.ports:
                 ep.ports = grown
                 events.append(("ports", ep))

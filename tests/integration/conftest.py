@@ -14,6 +14,7 @@ import pytest
 
 from harness import Tracer, lab_prefix
 from lab import Lab
+from lab.tinc import TincMesh
 
 _ids = itertools.count(1)
 
@@ -49,3 +50,19 @@ def tracer_factory(tmp_path):
             t.proc.kill()
             t.proc.communicate()
 
+
+
+@pytest.fixture
+def mesh():
+    """mesh(tag) builds a three-node mesh of real tinc daemons (prefix
+    <brtv><pid><tag>: a distinct tag per mesh of a test); all go at the end."""
+    built = []
+
+    def make(tag, **kw):
+        m = TincMesh(prefix="%s%d%s" % (lab_prefix("brtv"), os.getpid() % 1000, tag), nodes=3, hold=60.0, **kw)
+        built.append(m)
+        return m.__enter__()
+
+    yield make
+    for m in built:
+        m.cleanup()

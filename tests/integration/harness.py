@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab import run
 from tracer.kernel.btf import Btf
 from tracer.kernel.features import Features
 
@@ -270,3 +271,24 @@ class Served:
         stop_pid(self.proc, sig=sig)
         self.log.close()
         return self.proc.returncode
+
+
+# -- the tinc incident (a mesh of the `mesh` fixture) ---------------------------
+
+def storm_between_1_and_2(m):
+    """The incident: a second path between nodes 1 and 2 closes a loop
+    through tinc; one ARP from node 1's VM starts the storm; node 3's VM keeps
+    asking for its gateway (on node 1) and node 3's bridge has an address, so
+    node 3's own frames go into the VPN and come back."""
+    m.add_direct_link(1, 2, hold=40)
+    m.set_bridge_ip(3, "10.88.0.203/24")
+    m.seed_storm(node=1)
+    vm3 = m.vm(3)
+    return run(["ip", "netns", "exec", vm3.netns, "ping", "-c", "1", "-W", "1", "10.88.0.1"], check=False)
+
+
+def keep_asking(netns, ip, seconds):
+    """Bounded: one ping a second for `seconds` (each ARPs while unanswered)."""
+    return subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-c", str(int(seconds)),
+                             "-i", "1", "-W", "1", ip], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)

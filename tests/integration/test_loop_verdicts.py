@@ -9,14 +9,12 @@ and never change while the storm runs (`findings_now` records, one per
 interval), and on the ports that only carry the storm never being named.
 """
 
-import os
-import subprocess
 import time
 
 import pytest
 
+from harness import keep_asking, storm_between_1_and_2
 from lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
-from lab.tinc import TincMesh
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +116,7 @@ def test_hairpin_reflector_with_vm_and_gateway(lab, tracer_factory, late):
                       comm="tincd")
     run(["bridge", "-n", lab.bridge_ns, "link", "set", "dev", tap.name, "hairpin", "on"])
     # The VM keeps asking for its gateway: the replies reach t3o, not the VM.
-    t, asker = attach(late, tracer_factory, lambda: _keep_asking(vm.netns, gw.ip, 14),
+    t, asker = attach(late, tracer_factory, lambda: keep_asking(vm.netns, gw.ip, 14),
                       *loops_args(lab.bridge_ns))
     time.sleep(8.0)
     # The reflector first: without a reader the tap loses its carrier, and a
@@ -167,48 +165,13 @@ def test_slow_loop_through_a_300ms_relay(lab, tracer_factory, late):
 
 # -- real tinc ---------------------------------------------------------------
 
-@pytest.fixture
-def mesh():
-    built = []
-
-    def make(tag, **kw):
-        m = TincMesh(prefix="brtv%d%s" % (os.getpid() % 1000, tag), nodes=3, hold=60.0, **kw)
-        built.append(m)
-        return m.__enter__()
-
-    yield make
-    for m in built:
-        m.cleanup()
-
-
-def _storm_between_1_and_2(m):
-    """The incident: a second path between nodes 1 and 2 closes a loop
-    through tinc; one ARP from node 1's VM starts the storm; node 3's VM keeps
-    asking for its gateway (on node 1) and node 3's bridge has an address, so
-    node 3's own frames go into the VPN and come back."""
-    m.add_direct_link(1, 2, hold=40)
-    m.set_bridge_ip(3, "10.88.0.203/24")
-    m.seed_storm(node=1)
-    vm3 = m.vm(3)
-    pinger = run(["ip", "netns", "exec", vm3.netns, "ping", "-c", "1", "-W", "1", "10.88.0.1"],
-                 check=False)
-    return pinger
-
-
-def _keep_asking(netns, ip, seconds):
-    """Bounded: one ping a second for `seconds` (each ARPs while unanswered)."""
-    return subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-c", str(int(seconds)),
-                             "-i", "1", "-W", "1", ip], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
 @pytest.mark.parametrize("late", [False, True], ids=["clean-start", "started-late"])
 def test_tinc_loop_seen_from_a_third_node_is_beyond_its_vpn_port(mesh, tracer_factory, late):
     m = mesh("c" if late else "e")
     n3 = m.node(3)
     def start():
-        _storm_between_1_and_2(m)
-        return _keep_asking(m.vm(3).netns, "10.88.0.1", 14)
+        storm_between_1_and_2(m)
+        return keep_asking(m.vm(3).netns, "10.88.0.1", 14)
 
     t, asker = attach(late, tracer_factory, start, *loops_args(n3.netns))
     time.sleep(8.0)
@@ -229,7 +192,7 @@ def test_tinc_loop_seen_from_a_node_on_it(mesh, tracer_factory, late):
     both ways: a loop between t3o and dl2 either way."""
     m = mesh("a" if late else "b")
     n1 = m.node(1)
-    t, _ = attach(late, tracer_factory, lambda: _storm_between_1_and_2(m), *loops_args(n1.netns))
+    t, _ = attach(late, tracer_factory, lambda: storm_between_1_and_2(m), *loops_args(n1.netns))
     time.sleep(6.0)
     m.break_direct_link(1, 2)
     t.stop(settle=1.0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, Served, metric_value, wait_for
+from harness import REPO, Served, keep_asking, metric_value, storm_between_1_and_2, wait_for
 from lab import BROADCAST, ETH_P_LAB, ether, ping, run, send_frames
 
 pytestmark = pytest.mark.integration
@@ -293,3 +293,57 @@ def test_caps_hold_and_an_unwritable_directory_is_a_metric(lab, tmp_path):
         assert line in kept, (line, kept[-2000:])
     assert "cannot create" in bad.output() and "a file stands where the directory should be" in bad.output()
     assert not os.path.exists(blocker / "incidents")
+
+
+def test_tinc_storm_running_before_watch_signals_tincd_for_the_incident(mesh, tmp_path):
+    """The morning of the post-mortem, with real tinc daemons: a second path
+    between nodes 1 and 2 loops every broadcast through the VPN, already
+    raging when watch starts on node 3's bridge. The bundle names only node
+    3's tinc tap, with the verdict `brtrace loops` gives there (the loop is
+    beyond that port), and the README's --on-incident example (SIGINT to
+    tincd, done here by the PID we started) switches tinc's debug logging on
+    for the incident and off again at its close."""
+    m = mesh("w")
+    n3 = m.node(3)
+    inc = tmp_path / "incidents"
+    storm_between_1_and_2(m)
+    asker = keep_asking(m.vm(3).netns, "10.88.0.1", 20)
+    try:
+        time.sleep(3.0)
+        w = Served(tmp_path, "watch", n3.netns, "br-int", duration=90,
+                   args=("--dir", str(inc), "--quiet", QUIET, "--on-incident", f"kill -INT {n3.pid}",
+                         "--on-close"))
+        ready = time.monotonic()
+        try:
+            found, _ = wait_for(lambda: bundles(inc), timeout=6)
+            took = time.monotonic() - ready
+            assert found and took < 3.0, (took, w.output())
+            (b,) = found
+            time.sleep(5.0)
+            rec = incident(b)
+            assert rec["state"] == "open"
+            v = rec["verdict"]
+            assert (v["type"], v["kind"], v["ports"], v["culprit_ports"]) == \
+                ("l2_loop", "loop_beyond_port", [n3.tap], []), v
+            assert "vpn tincd" in v["hint"], v
+            assert rec["ports"] == [n3.tap], rec["ports"]     # never the VM's port
+            m.break_direct_link(1, 2)
+            closed, _ = wait_for(lambda: incident(b)["state"] == "closed", timeout=float(QUIET) + 8, every=0.2)
+            assert closed, w.output()
+            ran, _ = wait_for(lambda: len(incident(b).get("on_incident", [])) == 2, timeout=5, every=0.2)
+            assert ran, incident(b)
+        finally:
+            rc = w.stop()
+    finally:
+        asker.kill()
+        asker.wait()
+    assert rc == 0, w.output()
+    rec = incident(b)
+    assert [(r["event"], r["status"]) for r in rec["on_incident"]] == [("open", 0), ("close", 0)]
+    assert rec["closed_because"] == "quiet"
+    # tincd's own log: debug level 5 from the open, packets logged, back to 0 at the close
+    log = Path(n3.log).read_text(errors="replace")
+    on = log.index("Temporarily setting debug level to 5")
+    off = log.index("Reverting to old debug level (0)", on)
+    assert "Broadcasting packet" in log[on:off] or "Received packet" in log[on:off], log[on:on + 500]
+    assert bundles(inc) == [b]

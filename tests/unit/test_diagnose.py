@@ -107,6 +107,29 @@ def test_loop_beyond_a_port_when_copies_come_back_without_being_sent_there():
     assert loop_verdict(st) == ("reflecting_port", ["t3o"], ["t3o"])
 
 
+def test_copies_at_a_frames_first_port_are_a_loop_only_where_the_port_leads_on():
+    """A storm already running when brtrace starts (or while watch had the
+    port programs detached): brtrace first meets the storm's frame as one of
+    its copies coming in by t3o, so every later copy comes in by the frame's
+    first port, faster than a host repeats itself (origin_copies). Behind a
+    VPN tap that is a loop beyond it; behind a guest's port it is the guest
+    sending one frame over and over: a storm on that port, never a loop."""
+    snaps = [{"t3o": {}, "vnet0": {}},
+             {"t3o": {"origin_copies": 25000, "rx_broadcast": 25010, "host_repeats": 8},
+              "vnet0": {"tx_flooded": 25010}}]
+
+    def findings(label):
+        return diagnose(Inputs(bridge=bridge(), state=state(snaps), seconds=10.0, drop_rows=[],
+                               ns_prefix="ip netns exec lab ", labels={"t3o": label}))
+    (loop,) = [f for f in findings("vpn tincd") if f.type == "l2_loop"]
+    assert (loop.evidence["kind"], loop.ports, loop.culprit_ports, loop.active) == \
+        ("loop_beyond_port", ["t3o"], [], True)
+    assert loop.evidence["per_port"]["t3o"]["reentered"] == 25000
+    guest = findings("vm web01")
+    assert [f for f in guest if f.type == "l2_loop"] == []
+    assert ("storm", ("t3o",)) in types(guest)
+
+
 def test_verdict_is_the_same_from_a_late_start_and_holds_between_intervals():
     """A steady storm: brtrace started early sees the same ratios as one
     started minutes later, and the verdict does not change from one interval

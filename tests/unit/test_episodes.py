@@ -53,3 +53,31 @@ def test_a_new_episode_after_a_close_is_a_new_incident():
     assert [w for w, _ in e.update([], 1)] == ["changed", "close"]
     (what, ep), = e.update([finding("storm", ["vnet1"])], 10)
     assert what == "open" and ep.opened_t == 10
+
+
+def test_verdict_prefers_an_active_critical_finding_over_a_warning():
+    """The tinc storm seen from a third node before the loop's copies are
+    counted: a warning that the VM's MAC moves between vnet0 and t3o, and a
+    critical storm on t3o. The verdict is the storm: it names only the tap."""
+    e = Episodes()
+    flap = finding("mac_flap", ["vnet0", "t3o"], severity="warning")
+    storm = finding("storm", ["t3o"], kind="broadcast_storm")
+    (what, ep), = e.update([flap, storm], 0)
+    assert what == "open" and ep.type == "storm"
+    assert (ep.verdict["type"], ep.verdict["ports"]) == ("storm", ["t3o"])
+    loop = finding("l2_loop", ["t3o"], kind="loop_beyond_port")
+    e.update([flap, storm, loop], 1)
+    assert (e.current.verdict["type"], e.current.verdict["kind"]) == ("l2_loop", "loop_beyond_port")
+
+
+def test_a_flapping_mac_adds_the_ports_it_is_wrongly_learned_on():
+    e = Episodes()
+    loop = finding("l2_loop", ["t3o"], kind="loop_beyond_port")
+    flap = dict(finding("mac_flap", ["vnet0", "t3o"]),
+                evidence={"lives_on": "vnet0", "wrongly_learned_on": ["t3o"]})
+    (what, ep), = e.update([loop, flap], 0)
+    assert ep.ports == ["t3o"]
+    # before the loop is known, a flapping MAC involves every port it moved between
+    e2 = Episodes()
+    (_, ep2), = e2.update([finding("mac_flap", ["vnet0", "t3o"])], 0)
+    assert ep2.ports == ["vnet0", "t3o"]

@@ -49,8 +49,10 @@ PORT_COUNTERS = (
      "IPv6 neighbour discovery frames received on a port, by type (dad: solicitations from ::).",
      "type", {"ns": "ndp_ns", "na": "ndp_na", "rs": "ndp_rs", "ra": "ndp_ra", "dad": "ndp_dad"}),
     ("brtrace_flood_returns_total",
-     "Flooded frames that came back into the bridge (loops, reflecting ports).",
-     "type", {"returned": "returns", "reentered": "reentries"}),
+     "Flooded frames that came back into the bridge (loops, reflecting ports); at_origin: by the "
+     "port where the frame was first seen, faster than a host repeats itself (a loop beyond a VPN "
+     "or uplink port, or a host sending one frame over and over).",
+     "type", {"returned": "returns", "reentered": "reentries", "at_origin": "origin_copies"}),
     ("brtrace_bridge_decisions_total",
      "Bridge forwarding decisions by ingress port (kprobe mode only).",
      "decision", {"forward": "decided_forward", "same_port": "decided_same_port",

@@ -60,7 +60,7 @@ ECHO_LINE = re.compile(r"(\S+): received packet on (\S+) with own address as sou
 CAPTURE_SHARE = 0.75
 # Port counters of the detail tier that go into the timeline (per second).
 DETAIL_COUNTERS = ("rx_broadcast", "rx_multicast", "arp_requests", "arp_replies", "echoes",
-                   "returns", "reentries", "tx_flooded", "ndp_ns", "ndp_na")
+                   "returns", "reentries", "origin_copies", "tx_flooded", "ndp_ns", "ndp_na")
 
 
 @dataclass
