@@ -341,6 +341,12 @@ def test_tinc_storm_running_before_watch_signals_tincd_for_the_incident(mesh, tm
     rec = incident(b)
     assert [(r["event"], r["status"]) for r in rec["on_incident"]] == [("open", 0), ("close", 0)]
     assert rec["closed_because"] == "quiet"
+    # once there, the loop's verdict holds unchanged while the storm runs (until the break)
+    loops = [[(f["evidence"]["kind"], f["ports"], f["active"]) for f in h["findings"] if f["type"] == "l2_loop"]
+             for h in rec["history"]]
+    first = next(i for i, seen in enumerate(loops) if seen)
+    held = [seen for seen in loops[first:] if seen != [("loop_beyond_port", [n3.tap], False)]]
+    assert all(seen == [("loop_beyond_port", [n3.tap], True)] for seen in held), rec["history"]
     # tincd's own log: debug level 5 from the open, packets logged, back to 0 at the close
     log = Path(n3.log).read_text(errors="replace")
     on = log.index("Temporarily setting debug level to 5")
