@@ -258,6 +258,11 @@ def test_storm_of_neighbour_solicitations(lab, tracer_factory):
         assert un["evidence"]["solicitations"] == n and "storm on " + h1.port in un["message"]
         assert un["evidence"]["maybe_suppressed_by"] == [{"type": "storm", "ports": [h1.port]}]
         assert not t.findings("ip_conflict")
+        # 2000 identical multicast frames from one guest, far faster than a
+        # host repeats itself: counted apart (origin copies; unicast frames are
+        # not fingerprinted), and never a loop on its port
+        assert (t.ports()[h1.port]["origin_copies"] > n // 2) == (name == "multicast")
+        assert not t.findings("l2_loop")
     uni, multi = found["unicast"], found["multicast"]
     assert uni["evidence"]["kind"] == "ndp_storm" and uni["evidence"]["peak_broadcast_per_second"] == 0
     assert uni["message"].startswith(f"IPv6 neighbour solicitation storm on {h1.port}: up to ")
