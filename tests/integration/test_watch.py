@@ -78,6 +78,24 @@ def scrape(w: Served, name: str, **labels) -> float:
     return metric_value(w.scrape(), name, **labels)
 
 
+def one_bundle_soon(inc: Path, w: Served, since: float, limit: float = 3.0) -> Path:
+    """The one bundle that appears within `limit` seconds of `since`."""
+    found, _ = wait_for(lambda: bundles(inc), timeout=6)
+    took = time.monotonic() - since
+    assert found and took < limit, (took, w.output())
+    (b,) = found
+    return b
+
+
+def loop_history(rec: dict) -> list:
+    """incident.json's history from the first entry with a loop verdict on:
+    per entry, its l2_loop findings as (kind, sorted ports, active)."""
+    loops = [[(f["evidence"]["kind"], sorted(f["ports"]), f["active"]) for f in h["findings"]
+              if f["type"] == "l2_loop"] for h in rec["history"]]
+    first = next(i for i, seen in enumerate(loops) if seen)
+    return loops[first:]
+
+
 @pytest.mark.skipif(not TSHARK, reason="tshark not installed (scripts/setup installs it)")
 def test_quiet_bridge_then_a_loop_then_quiet_again(lab, tmp_path, tracer_factory):
     """10 s of a healthy bridge (a guest pinging its neighbour): no bundle,
@@ -203,12 +221,8 @@ def test_storm_running_before_watch_and_sigterm_mid_incident(lab, tmp_path):
     links, _t0 = seed_loop(lab)
     time.sleep(3.0)
     w = watch(tmp_path, lab, "--on-incident", "sleep 60", "--command-timeout", "1")
-    ready = time.monotonic()
     try:
-        found, _ = wait_for(lambda: bundles(inc), timeout=6)
-        took = time.monotonic() - ready
-        assert found and took < 3.0, (took, w.output())
-        (b,) = found
+        b = one_bundle_soon(inc, w, since=time.monotonic())
         killed, _ = wait_for(lambda: incident(b)["on_incident"], timeout=6, every=0.2)
         assert killed, incident(b)
         (r,) = incident(b)["on_incident"]
@@ -225,10 +239,7 @@ def test_storm_running_before_watch_and_sigterm_mid_incident(lab, tmp_path):
         ("l2_loop", "loop_between_ports", links)
     # incident.json's history gains an entry only when the findings change: once the
     # loop's verdict is there, every later entry holds it unchanged and active
-    loops = [[(f["evidence"]["kind"], sorted(f["ports"]), f["active"]) for f in h["findings"]
-              if f["type"] == "l2_loop"] for h in rec["history"]]
-    first = next(i for i, seen in enumerate(loops) if seen)
-    assert all(seen == [("loop_between_ports", links, True)] for seen in loops[first:]), rec["history"]
+    assert all(seen == [("loop_between_ports", links, True)] for seen in loop_history(rec)), rec["history"]
     assert len(rec["history"]) <= 4, [sorted({f["type"] for f in h["findings"]}) for h in rec["history"]]
     if TSHARK:
         assert len(pcap_comments(b / "capture.pcapng")) > 0
@@ -313,12 +324,8 @@ def test_tinc_storm_running_before_watch_signals_tincd_for_the_incident(mesh, tm
         w = Served(tmp_path, "watch", n3.netns, "br-int", duration=90,
                    args=("--dir", str(inc), "--quiet", QUIET, "--on-incident", f"kill -INT {n3.pid}",
                          "--on-close"))
-        ready = time.monotonic()
         try:
-            found, _ = wait_for(lambda: bundles(inc), timeout=6)
-            took = time.monotonic() - ready
-            assert found and took < 3.0, (took, w.output())
-            (b,) = found
+            b = one_bundle_soon(inc, w, since=time.monotonic())
             time.sleep(5.0)
             rec = incident(b)
             assert rec["state"] == "open"
@@ -342,10 +349,7 @@ def test_tinc_storm_running_before_watch_signals_tincd_for_the_incident(mesh, tm
     assert [(r["event"], r["status"]) for r in rec["on_incident"]] == [("open", 0), ("close", 0)]
     assert rec["closed_because"] == "quiet"
     # once there, the loop's verdict holds unchanged while the storm runs (until the break)
-    loops = [[(f["evidence"]["kind"], f["ports"], f["active"]) for f in h["findings"] if f["type"] == "l2_loop"]
-             for h in rec["history"]]
-    first = next(i for i, seen in enumerate(loops) if seen)
-    held = [seen for seen in loops[first:] if seen != [("loop_beyond_port", [n3.tap], False)]]
+    held = [seen for seen in loop_history(rec) if seen != [("loop_beyond_port", [n3.tap], False)]]
     assert all(seen == [("loop_beyond_port", [n3.tap], True)] for seen in held), rec["history"]
     # tincd's own log: debug level 5 from the open, packets logged, back to 0 at the close
     log = Path(n3.log).read_text(errors="replace")
